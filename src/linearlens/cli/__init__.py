@@ -1,0 +1,53 @@
+"""The ``linearlens`` command: a thin layer over the library.
+
+Each subcommand lives in its own module exposing ``register(subparsers)``, which adds a parser
+whose ``func(args) -> int`` does the work.  Errors a user can fix are raised as
+:class:`CommandError` (or ``ValueError``/``FileNotFoundError``) and printed as one line, not a
+traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+__all__ = ["main", "CommandError"]
+
+# Subcommand modules, in the order they appear in ``linearlens --help``.
+SUBCOMMANDS = ("demo", "train", "explain")
+
+
+class CommandError(Exception):
+    """An error caused by the command line or its inputs; printed without a traceback."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand registered."""
+    parser = argparse.ArgumentParser(prog="linearlens", description=__doc__.splitlines()[0])
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in SUBCOMMANDS:
+        importlib.import_module(f"{__name__}.{name}").register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``linearlens`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except (CommandError, ValueError, FileNotFoundError, TypeError) as err:
+        print(f"linearlens {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"linearlens {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,8 @@
+"""Explanation methods behind one interface, their result type and their visualisation."""
+
+from .api import explain, list_methods, register_method
+from .explanation import Explanation
+from .linear import linear_explanation
+from .targets import Neuron
+
+__all__ = ["explain", "list_methods", "register_method", "Explanation", "linear_explanation", "Neuron"]

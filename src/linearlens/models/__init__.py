@@ -1,0 +1,9 @@
+"""Architectures, registered by name: ``create_model("bcos_cifar", b=2.0)``."""
+
+from .bcos_cifar import BcosCifarConfig, BcosCifarNet, bcos_cifar, cifar_gamma, cifar_temperature
+from .registry import create_model, list_models, register_model
+
+__all__ = [
+    "BcosCifarNet", "BcosCifarConfig", "bcos_cifar", "cifar_gamma", "cifar_temperature",
+    "create_model", "list_models", "register_model",
+]
