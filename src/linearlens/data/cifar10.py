@@ -217,7 +217,7 @@ def _first_per_class(labels: np.ndarray, limit: int | None, where: str) -> np.nd
         keep[idx[:limit]] = True
     if short:
         warnings.warn(f"limit_per_class={limit} but {where} has fewer images for: {', '.join(short)}",
-                      UserWarning, stacklevel=3)
+                      UserWarning, stacklevel=4)
     return np.flatnonzero(keep)
 
 
