@@ -1,0 +1,199 @@
+"""Training B-cos classifiers as in App. C.1 of the B-cos paper.
+
+Binary cross-entropy on one-hot labels (Eq. (16); the bias ``b = log(0.1/0.9)`` lives in the
+model's :class:`~linearlens.layers.LogitLayer`), Adam, a cosine learning-rate schedule decaying
+to ``lr_final``, random horizontal flips and padded random crops.  After every epoch the weights
+and the full training state are checkpointed, so ``resume=True`` continues an interrupted run
+without losing a finished epoch.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from ..data import ImageSet, augment_batch, load_cifar10
+from ..models import create_model
+from .checkpoint import (
+    CONFIG,
+    HISTORY,
+    WEIGHTS,
+    load_training_state,
+    read_json,
+    save_model,
+    save_training_state,
+    write_json,
+)
+
+__all__ = ["TrainConfig", "train", "evaluate_accuracy", "bce_loss", "cosine_lr"]
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (stored in the run's ``config.json``)."""
+
+    out_dir: str = "runs/bcos_cifar"
+    model: str = "bcos_cifar"
+    model_args: dict[str, Any] = field(default_factory=lambda: {"b": 2.0, "max_out": 2, "width": 0.25})
+    data: str = "embedded"
+    train_limit_per_class: int | None = None
+    test_limit_per_class: int | None = None
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-3
+    lr_final: float = 1e-5
+    seed: int = 0
+    threads: int | None = None
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` for settings that cannot train."""
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not (self.lr > 0 and self.lr_final > 0 and self.lr_final <= self.lr):
+            raise ValueError(f"need 0 < lr_final <= lr, got lr={self.lr}, lr_final={self.lr_final}")
+
+
+def bce_loss(logits: Tensor, labels: Tensor) -> Tensor:
+    """Eq. (16): BCE of ``sigmoid(f(x) + b)`` against one-hot labels, averaged over classes and images."""
+    one_hot = F.one_hot(labels, logits.shape[1]).to(logits.dtype)
+    return F.binary_cross_entropy_with_logits(logits, one_hot)
+
+
+def cosine_lr(step: int, total_steps: int, lr: float, lr_final: float) -> float:
+    """Cosine schedule from ``lr`` at step 0 to ``lr_final`` at ``total_steps`` (App. C.1.1)."""
+    progress = min(max(step / max(total_steps, 1), 0.0), 1.0)
+    return lr_final + 0.5 * (lr - lr_final) * (1 + math.cos(math.pi * progress))
+
+
+@torch.no_grad()
+def evaluate_accuracy(model: nn.Module, images: ImageSet, batch_size: int = 256) -> float:
+    """Top-1 accuracy of ``model`` on an :class:`ImageSet`."""
+    was_training = model.training
+    model.eval()
+    correct = 0
+    for start in range(0, len(images), batch_size):
+        x = images.images[start : start + batch_size].float().div_(255)
+        correct += int((model(x).argmax(1) == images.labels[start : start + batch_size]).sum())
+    model.train(was_training)
+    return correct / max(len(images), 1)
+
+
+def _load_data(config: TrainConfig) -> tuple[ImageSet, ImageSet]:
+    train_set = load_cifar10(config.data, "train", config.train_limit_per_class)
+    test_set = load_cifar10(config.data, "test", config.test_limit_per_class)
+    return train_set, test_set
+
+
+def train(config: TrainConfig, resume: bool = True, progress: bool = True) -> dict[str, Any]:
+    """Train (or resume training) the model described by ``config``; returns the final metrics.
+
+    The run directory ``config.out_dir`` receives ``model.safetensors`` and ``config.json`` after
+    every epoch.  With ``resume=True`` a run directory that holds a training state continues from
+    its last finished epoch; its saved configuration must match ``config``.
+    """
+    config.validate()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    out = Path(config.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    train_set, test_set = _load_data(config)
+
+    torch.manual_seed(config.seed)
+    model = create_model(config.model, **config.model_args)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    generator = torch.Generator().manual_seed(config.seed)
+    history: list[dict[str, float]] = []
+    start_epoch = 0
+
+    if resume and (out / CONFIG).is_file():
+        saved = read_json(out / CONFIG).get("training", {})
+        keys = ("model", "model_args", "epochs", "batch_size", "lr", "lr_final", "seed", "data")
+        changed = [k for k in keys if k in saved and saved[k] != asdict(config)[k]]
+        if changed:
+            raise ValueError(
+                f"{out} holds a run with different settings ({', '.join(changed)}); "
+                "use another --out directory or --no-resume to start over"
+            )
+        if (out / WEIGHTS).is_file():
+            model.load_state_dict(load_file(str(out / WEIGHTS)))
+            meta = load_training_state(out, optimizer, generator)
+            if meta is not None:
+                start_epoch = int(meta["finished_epochs"])
+                history = read_json(out / HISTORY) if (out / HISTORY).is_file() else []
+
+    steps_per_epoch = math.ceil(len(train_set) / config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
+    images = train_set.images
+    labels = train_set.labels
+    metrics: dict[str, Any] = {"resumed_from_epoch": start_epoch}
+
+    for epoch in range(start_epoch, config.epochs):
+        model.train()
+        order = torch.randperm(len(train_set), generator=generator)
+        bar = tqdm(
+            range(steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False
+        )
+        t0, loss_sum, seen, correct = time.perf_counter(), 0.0, 0, 0
+        for step in bar:
+            idx = order[step * config.batch_size : (step + 1) * config.batch_size]
+            x = augment_batch(images[idx].float().div_(255), generator)
+            y = labels[idx]
+            for group in optimizer.param_groups:
+                group["lr"] = cosine_lr(epoch * steps_per_epoch + step, total_steps, config.lr, config.lr_final)
+            logits = model(x)
+            loss = bce_loss(logits, y)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"loss became {loss.item()} at epoch {epoch + 1}, step {step}; try a smaller lr or "
+                    "check the model's gamma/temperature"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += float(loss) * len(idx)
+            seen += len(idx)
+            correct += int((logits.argmax(1) == y).sum())
+            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}")
+        test_acc = evaluate_accuracy(model, test_set)
+        record = {
+            "epoch": epoch + 1,
+            "train_loss": loss_sum / seen,
+            "train_accuracy": correct / seen,
+            "test_accuracy": test_acc,
+            "seconds": time.perf_counter() - t0,
+        }
+        history.append(record)
+        if progress:
+            tqdm.write(
+                f"epoch {epoch + 1}/{config.epochs}: loss {record['train_loss']:.4f}, "
+                f"train acc {record['train_accuracy']:.3f}, test acc {test_acc:.4f} ({record['seconds']:.0f} s)"
+            )
+        # Weights first, then the state that says the epoch is finished: an interruption between the
+        # two repeats at most this epoch, never skips it.
+        save_model(out, model, config.model, config.model_args, {"training": asdict(config), "test_accuracy": test_acc})
+        write_json(out / HISTORY, history)
+        save_training_state(out, optimizer, generator, {"finished_epochs": epoch + 1})
+
+    final = history[-1] if history else {}
+    metrics.update(
+        {
+            "test_accuracy": final.get("test_accuracy", evaluate_accuracy(model, test_set)),
+            "epochs": config.epochs,
+            "train_images": len(train_set),
+            "test_images": len(test_set),
+            "run_dir": str(out),
+        }
+    )
+    metrics["model"] = model.eval()
+    return metrics
