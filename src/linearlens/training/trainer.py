@@ -155,13 +155,13 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True) -> di
             loss = bce_loss(logits, y)
             if not torch.isfinite(loss):
                 raise FloatingPointError(
-                    f"loss became {loss.item()} at epoch {epoch + 1}, step {step}; try a smaller lr or "
+                    f"loss became {loss.detach().item()} at epoch {epoch + 1}, step {step}; try a smaller lr or "
                     "check the model's gamma/temperature"
                 )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            loss_sum += float(loss) * len(idx)
+            loss_sum += float(loss.detach()) * len(idx)
             seen += len(idx)
             correct += int((logits.argmax(1) == y).sum())
             bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}")
