@@ -11,7 +11,7 @@ from ..training import TrainConfig, train
 
 def add_training_arguments(parser: argparse.ArgumentParser, epochs: int, width: float, out: str) -> None:
     """Arguments shared by ``train`` and ``demo``."""
-    parser.add_argument("--data", default="embedded", help="'embedded' or a CIFAR-10 folder (ImageFolder or python batches)")
+    parser.add_argument("--data", default="embedded", help="'embedded' or a CIFAR-10 folder (ImageFolder or batches)")
     parser.add_argument("--epochs", type=int, default=epochs)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -19,7 +19,7 @@ def add_training_arguments(parser: argparse.ArgumentParser, epochs: int, width: 
     parser.add_argument("--b", type=float, default=2.0, help="the B-cos exponent B")
     parser.add_argument("--max-out", type=int, default=2, help="MaxOut units per neuron (1 = plain)")
     parser.add_argument("--width", type=float, default=width, help="channel multiplier of App. C.1.1's network")
-    parser.add_argument("--train-per-class", type=int, default=None, help="use only the first n training images per class")
+    parser.add_argument("--train-per-class", type=int, default=None, help="first n training images per class")
     parser.add_argument("--test-per-class", type=int, default=None, help="use only the first n test images per class")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")

@@ -314,7 +314,6 @@ def _affine(y: Tensor, weight: Tensor | None, bias: Tensor | None, shape: list[i
 @register_rule("batch_norm")
 def batch_norm_rule(func: Callable, args: tuple, kwargs: dict) -> Tensor:
     """Batch norm with running statistics is affine; in training mode it couples the batch."""
-    x = args[0]
     running_mean = _arg(args, kwargs, 1, "running_mean")
     training = bool(_arg(args, kwargs, 5, "training", False))
     if training or running_mean is None:

@@ -6,7 +6,6 @@ import math
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-import torch
 from torch import Tensor, nn
 
 from ..layers import AddInverse, BcosConv2d, LogitLayer
