@@ -1,0 +1,22 @@
+"""Metrics of explanation quality, as plain batched functions on tensors.
+
+:mod:`.pointing_game`: grid pointing game (B-cos paper, Sec. 4 and App. C.2.1), energy-based
+pointing game and its variants (chest X-ray paper, App. B), pointing game.
+:mod:`.degradation`: pixel-flipping / degradation curves (PatternNet paper, Sec. 5).
+"""
+
+from .degradation import area_under_curve, degradation_curve, patch_ranking
+from .pointing_game import (
+    Grids,
+    energy_pointing_game,
+    energy_pointing_game_sweep,
+    grid_pointing_game,
+    make_grids,
+    pointing_game,
+    smooth,
+)
+
+__all__ = [
+    "Grids", "make_grids", "grid_pointing_game", "smooth", "energy_pointing_game", "energy_pointing_game_sweep",
+    "pointing_game", "degradation_curve", "patch_ranking", "area_under_curve",
+]
