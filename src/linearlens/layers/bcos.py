@@ -65,7 +65,12 @@ class _BcosUnit(nn.Module):
     def _cosine_scale(self, linear_out: Tensor, patch_norm: Tensor) -> Tensor:
         """``|cos(x, w_hat)|^(B-1)`` (Eq. (11)); ``patch_norm`` broadcasts against ``linear_out``."""
         cos = linear_out.abs() / (patch_norm + _EPS)
-        return cos if self.b == 2 else cos.pow(self.b - 1)
+        if self.b >= 2:
+            return cos if self.b == 2 else cos.pow(self.b - 1)
+        # For 1 < B < 2 the derivative of cos^(B-1) is infinite at cos = 0 (a zero patch), which would
+        # make training gradients NaN; the double where keeps the value exact and the gradient finite.
+        positive = cos > 0
+        return torch.where(positive, torch.where(positive, cos, 1.0).pow(self.b - 1), 0.0)
 
     def _maxout_and_scale(self, out: Tensor, channel_dim: int) -> Tensor:
         if self.max_out > 1:
@@ -206,11 +211,13 @@ class BcosConv2d(_BcosUnit):
             squared = torch.linalg.vector_norm(x, dim=1, keepdim=True).square()
         else:
             squared = x.unflatten(1, (self.groups, -1)).square().sum(2)
-        if self.dilation == (1, 1):
+        # avg_pool2d rejects padding beyond half the kernel, which nn.Conv2d (and so this layer) allows.
+        if self.dilation == (1, 1) and all(2 * p <= k for p, k in zip(padding, self.kernel_size)):
             summed = F.avg_pool2d(squared, self.kernel_size, self.stride, padding, divisor_override=1)
         else:
             summed = F.conv2d(squared, self._ones.to(x.dtype), None, self.stride, padding, self.dilation, self.groups)
-        return summed.clamp_min(0).sqrt()
+        # Kept away from 0: the derivative of sqrt is infinite at an all-zero patch (NaN gradients).
+        return summed.clamp_min(_EPS * _EPS).sqrt()
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
