@@ -1,5 +1,6 @@
 """Explanation methods behind one interface, their result type and their visualisation."""
 
+from . import methods  # noqa: F401  (registers the post-hoc methods)
 from .api import explain, list_methods, register_method
 from .explanation import Explanation
 from .linear import linear_explanation
