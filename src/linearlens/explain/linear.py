@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from ..engine.source import as_leaf, explained_input
-from ..engine.state import Mode
+from ..engine.state import Mode, decide
 from ..engine.tracer import linear_interpretation
 from ..validation import check_images
 from .explanation import Explanation
@@ -45,7 +45,8 @@ def frozen_forward(
                 outputs = model(fed)
                 if not isinstance(outputs, Tensor):
                     raise TypeError(f"model must return a tensor of scores, got {type(outputs).__name__}")
-                class_targets = resolve_class_targets(target, outputs)
+                # Picking the predicted class is a decision of the frozen system, not an operation in it.
+                class_targets = decide(lambda out: resolve_class_targets(target, out), outputs)
                 selected = outputs.gather(1, class_targets)
     if holder.value is None:
         raise RuntimeError("the model's input encoding was not called during the forward pass")
