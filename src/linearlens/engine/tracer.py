@@ -138,7 +138,12 @@ class LinearTracer(TorchFunctionMode):
         if name in AFFINE_OPS:
             return self._mark_tree(func(*args, **kwargs))
         if name in PRODUCT_OPS:
-            if len({id(c) for c in carriers}) > 1:
+            # Count occurrences, not distinct tensors (``x * x`` is quadratic); the first argument of
+            # addmm/baddbmm/addcmul is added to the product, not multiplied.
+            factors = carriers
+            if name in ("addmm", "baddbmm", "addcmul"):
+                factors = _carriers(tree_flatten((args[1:], kwargs))[0], self._token)
+            if len(factors) > 1:
                 raise UninterpretableOperationError(
                     f"'{name}' multiplies two input-dependent tensors, which is not linear in the input. "
                     "Freeze one factor with linearlens.engine.decide(...) or register a rule for it"
