@@ -255,6 +255,13 @@ def test_clear_errors(bcos, images):
         explain(bcos, images, 0, method="lime", frozen=True)
 
 
+def test_predicted_targets_are_the_argmax_for_inherent_and_post_hoc_methods(bcos, images):
+    with torch.no_grad():
+        top = bcos(images).argmax(1, keepdim=True)
+    for method in ("bcos", "ixg", "layercam"):
+        assert torch.equal(explain(bcos, images, method=method).targets, top)
+
+
 def test_all_issue_methods_are_registered():
     names = set(list_methods())
     assert {"bcos", "linear_rows", "gradient", "ixg", "integrated_gradients", "deeplift", "gradcam", "layercam",
