@@ -76,7 +76,8 @@ def leaky_relu_rule(func: Callable, args: tuple, kwargs: dict) -> Tensor:
     """LeakyReLU frozen as a per-element slope of 1 or ``negative_slope``."""
     x = args[0]
     slope = float(_arg(args, kwargs, 1, "negative_slope", 0.01))
-    gain = decide(lambda t: torch.where(t > 0, 1.0, slope).to(t.dtype), x)
+    # full_like, not a Python scalar: torch.where(cond, 1.0, slope) is float32 and rounds the slope
+    gain = decide(lambda t: torch.where(t > 0, torch.ones_like(t), torch.full_like(t, slope)), x)
     return _finish(x, x * gain, _is_inplace(func, kwargs, args, 2))
 
 
@@ -159,6 +160,7 @@ _GAIN_AT_ZERO: dict[str, tuple[float, float]] = {
     "hardswish": (0.0, 0.5),
     "hardsigmoid": (0.5, 1.0 / 6.0),
     "logsigmoid": (-math.log(2.0), 0.5),
+    "log_sigmoid": (-math.log(2.0), 0.5),  # the name F.logsigmoid reports to the tracer
 }
 
 
@@ -169,16 +171,18 @@ def _gain_rule(func: Callable, args: tuple, kwargs: dict) -> Tensor:
     which still satisfies Eq. (3).
     """
     x = args[0]
-    name = getattr(func, "__name__", "").rstrip("_")
-    h0, slope0 = _GAIN_AT_ZERO[name]
+    full_name = getattr(func, "__name__", "")
+    _, slope0 = _GAIN_AT_ZERO[full_name.rstrip("_")]
     rest, rest_kwargs = args[1:], {k: v for k, v in kwargs.items() if k != "inplace"}
 
     def factors(t: Tensor) -> tuple[Tensor, Tensor]:
-        value = func(t, *rest, **rest_kwargs) if not name.endswith("_") else func(t.clone(), *rest)
+        # ``t`` shares storage with the activation: an in-place variant must run on a copy.
+        value = func(t.clone() if full_name.endswith("_") else t, *rest, **rest_kwargs)
         zero = t == 0
         safe = torch.where(zero, torch.ones_like(t), t)
         gain = torch.where(zero, torch.full_like(t, slope0), value / safe)
-        const = torch.where(zero, torch.full_like(t, h0), torch.zeros_like(t))
+        # h(0) from the call itself: it depends on the arguments (softplus with beta != 1, ...)
+        const = torch.where(zero, value, torch.zeros_like(t))
         return gain, const
 
     gain, const = decide(factors, x)
@@ -206,7 +210,8 @@ def _max_pool_rule(pool_with_indices: Callable, names: tuple[str, ...]) -> Rule:
         x = args[0]
         params = {n: _arg(args, kwargs, i + 1, n) for i, n in enumerate(names)}
         params = {k: v for k, v in params.items() if v is not None}
-        return_indices = bool(params.pop("return_indices", False))
+        # the *_with_indices functions return (values, indices) whatever their return_indices argument
+        return_indices = bool(params.pop("return_indices", False)) or func.__name__.endswith("_with_indices")
         indices = decide(lambda t: pool_with_indices(t, **params, return_indices=True)[1], x)
         out = _gather_flat(x, indices)
         return (out, indices) if return_indices else out

@@ -129,14 +129,32 @@ class LinearTracer(TorchFunctionMode):
         if name in CONSTANT_OPS:
             return func(*args, **kwargs)
         if name == "__get__":
-            # Attribute access such as ``x.shape`` or ``x.T``: carriers stay carriers.
+            # Attribute access such as ``x.shape`` or ``x.T``: carriers stay carriers; ``x.data`` cuts.
+            attribute = getattr(getattr(func, "__self__", None), "__name__", "")
+            if attribute in _CUTTING_OPS:
+                raise UninterpretableOperationError(
+                    f"'.{attribute}' takes an input-dependent tensor out of the interpreted system, so its "
+                    "frozen linear map cannot be followed"
+                )
             out = func(*args, **kwargs)
             return self._mark_tree(out) if isinstance(out, Tensor) else out
         rule = RULES.get(name)
         if rule is not None:
-            return self._mark_tree(rule(func, args, kwargs))
+            try:
+                return self._mark_tree(rule(func, args, kwargs))
+            except NotImplementedError as err:  # a rule that declines this form of its operation
+                raise UninterpretableOperationError(f"'{name}': {err}") from err
         if name in AFFINE_OPS:
-            return self._mark_tree(func(*args, **kwargs))
+            out = func(*args, **kwargs)
+            if (
+                isinstance(out, Tensor)
+                and not (out.is_floating_point() or out.is_complex())
+                and any(c.is_floating_point() for c in carriers)
+            ):
+                raise UninterpretableOperationError(
+                    f"'{name}' casts an input-dependent tensor to {out.dtype}, which is not linear in the input"
+                )
+            return self._mark_tree(out)
         if name in PRODUCT_OPS:
             # Count occurrences, not distinct tensors (``x * x`` is quadratic); the first argument of
             # addmm/baddbmm/addcmul is added to the product, not multiplied.
@@ -154,6 +172,10 @@ class LinearTracer(TorchFunctionMode):
             if self.is_carrier(divisor):
                 raise UninterpretableOperationError(
                     f"'{name}' divides by an input-dependent tensor, which is not linear in the input"
+                )
+            if kwargs.get("rounding_mode") is not None:
+                raise UninterpretableOperationError(
+                    f"'{name}' with rounding_mode={kwargs['rounding_mode']!r} rounds, which is not linear"
                 )
             return self._mark_tree(func(*args, **kwargs))
         if name in _CUTTING_OPS:
