@@ -15,7 +15,9 @@ from dataclasses import dataclass
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
+
+from linearlens.layers import AddInverse, BcosConv2d, LogitLayer
 
 
 @pytest.fixture(autouse=True)
@@ -134,6 +136,16 @@ def chain_reference(layers: list, a: Tensor) -> Reference:
     return Reference(out=a, matrix=total)
 
 
+def network_reference(convs: list, encoded: Tensor, temperature: float, bias: float) -> Reference:
+    """Logits and ``W_{1->L}(x)`` of "B-cos convs, global average pool, ``/T + b``" at one encoded input."""
+    chain = chain_reference(convs, encoded)
+    c = chain.out.shape[0]
+    positions = chain.out[0].numel()
+    pool = torch.kron(torch.eye(c, dtype=torch.float64), torch.full((1, positions), 1.0 / positions))
+    matrix = pool @ chain.matrix / temperature
+    return Reference(out=matrix @ encoded.double().flatten() + bias, matrix=matrix)
+
+
 def rel_err(a: Tensor, b: Tensor) -> float:
     """``||a - b|| / ||b||`` in float64."""
     a, b = a.detach().double(), b.detach().double()
@@ -150,6 +162,39 @@ def ref():
         conv = staticmethod(bcos_conv_reference)
         linear = staticmethod(bcos_linear_reference)
         chain = staticmethod(chain_reference)
+        network = staticmethod(network_reference)
         rel_err = staticmethod(rel_err)
 
     return _Ref
+
+
+class TinyBcosNet(nn.Module):
+    """AddInverse, two B-cos convolutions (the second with stride 2), global average pool, ``/T + b``."""
+
+    def __init__(self, b: float = 2.0, max_out: int = 2, classes: int = 3, temperature: float = 0.5,
+                 bias: float = -1.0) -> None:
+        super().__init__()
+        self.encoding = AddInverse()
+        self.features = nn.Sequential(
+            BcosConv2d(6, 4, 3, padding=1, b=b, max_out=max_out, scale=2.0),
+            BcosConv2d(4, classes, 3, stride=2, padding=1, b=b, max_out=max_out, padding_mode="reflect"),
+        )
+        self.logits = LogitLayer(temperature, bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.logits(self.features(self.encoding(x)).mean(dim=(2, 3)))
+
+    def reference(self, image: Tensor) -> Reference:
+        """Logits and ``W_{1->L}`` for one raw image (explanations are w.r.t. the encoded input)."""
+        encoded = torch.cat([image, 1 - image]).double()
+        return network_reference(list(self.features), encoded, self.logits.temperature, self.logits.bias)
+
+
+@pytest.fixture
+def tiny_net():
+    """Factory for :class:`TinyBcosNet` in float64."""
+
+    def make(**kwargs) -> TinyBcosNet:
+        return TinyBcosNet(**kwargs).double()
+
+    return make

@@ -61,9 +61,12 @@ def rows_of(selected: Tensor, source: Tensor) -> Tensor:
     """
     k = selected.shape[1]
     rows = []
-    for j in range(k):
-        (grad,) = torch.autograd.grad(selected[:, j].sum(), source, retain_graph=j < k - 1, allow_unused=True)
-        rows.append(torch.zeros_like(source) if grad is None else grad)
+    # The column selection must be recorded even when the caller runs under torch.no_grad().
+    with torch.enable_grad():
+        for j in range(k):
+            column = selected[:, j].sum()
+            (grad,) = torch.autograd.grad(column, source, retain_graph=j < k - 1, allow_unused=True)
+            rows.append(torch.zeros_like(source) if grad is None else grad)
     return torch.stack(rows, dim=1)
 
 
