@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 from torch import Tensor, nn
@@ -62,6 +63,20 @@ class BcosCifarConfig:
         )
 
 
+def _config_from(kwargs: dict) -> BcosCifarConfig:
+    """A :class:`BcosCifarConfig` from keyword arguments, naming the closest field for a misspelt one."""
+    known = [f.name for f in fields(BcosCifarConfig)]
+    unknown = [k for k in kwargs if k not in known]
+    if unknown:
+        hints = []
+        for name in unknown:
+            # v1 B-cos code calls the fixed output scale gamma ``scale_fact``
+            close = ["gamma"] if name in ("scale", "scale_fact") else difflib.get_close_matches(name, known, n=1)
+            hints.append(f"'{name}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+        raise TypeError(f"bcos_cifar got unknown argument(s) {', '.join(hints)}; accepted: {', '.join(known)}")
+    return BcosCifarConfig(**kwargs)
+
+
 class BcosCifarNet(nn.Module):
     """AddInverse, nine B-cos convolutions (App. C.1.1), global average pooling, ``/T + b``.
 
@@ -72,7 +87,7 @@ class BcosCifarNet(nn.Module):
     def __init__(self, config: BcosCifarConfig | None = None, **kwargs) -> None:
         super().__init__()
         if config is None:
-            config = BcosCifarConfig(**kwargs)
+            config = _config_from(kwargs)
         elif kwargs:
             raise TypeError("pass either a BcosCifarConfig or keyword arguments, not both")
         if not config.width > 0:
@@ -95,7 +110,7 @@ class BcosCifarNet(nn.Module):
 @register_model
 def bcos_cifar(**kwargs) -> BcosCifarNet:
     """The CIFAR-10 B-cos network of App. C.1.1 (see :class:`BcosCifarConfig` for the arguments)."""
-    return BcosCifarNet(BcosCifarConfig(**kwargs))
+    return BcosCifarNet(_config_from(kwargs))
 
 
 def count_parameters(model: nn.Module) -> int:
