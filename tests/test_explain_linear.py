@@ -278,3 +278,9 @@ def test_active_dropout_is_a_clear_error():
     with pytest.raises(RuntimeError, match=r"dropout is active \(training mode\); call model\.eval\(\)"):
         explain(net.train(), images(2), 0, method="linear_rows")
     explain(net.eval(), images(2), 0, method="linear_rows")
+
+
+def test_model_with_non_class_outputs_is_a_clear_error():
+    net = nn.Sequential(nn.Conv2d(3, 2, 3), nn.Flatten(0)).double()  # flattens the batch away: (N*...,)
+    with pytest.raises(ValueError, match=r"class targets need model outputs of shape \(N, classes\)"):
+        explain(net, images(2), 0, method="linear_rows")

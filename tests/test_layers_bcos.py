@@ -385,3 +385,13 @@ def test_weight_layout_and_repr():
     assert "_ones" not in conv.state_dict()
     text = repr(conv)
     assert "B=2.5" in text and "max_out=3" in text and "groups=2" in text
+
+
+def test_add_inverse_encoding():
+    """Sec. 4 / App. D.2: [r, g, b, 1-r, 1-g, 1-b]; every pixel's channels sum to 3."""
+    x = torch.rand(2, 3, 4, 4)
+    enc = AddInverse()(x)
+    torch.testing.assert_close(enc, torch.cat([x, 1 - x], 1))
+    torch.testing.assert_close(enc.sum(1), torch.full((2, 4, 4), 3.0))
+    with pytest.raises(ValueError, match="channels must be a positive int"):
+        AddInverse(0)
