@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..engine.state import decide
+from ..engine.state import Mode, current_mode, decide
 
 __all__ = ["BcosConv2d", "BcosLinear", "LogitLayer"]
 
@@ -201,23 +201,77 @@ class BcosConv2d(_BcosUnit):
         ph, pw = self.padding
         return F.pad(x, (pw, pw, ph, ph), mode=self.padding_mode), (0, 0)
 
+    def _pooled_by_avg_pool(self) -> tuple[bool, tuple[int, int]]:
+        """Whether the patch sums can use ``avg_pool2d`` (which rejects padding beyond half the kernel,
+        allowed by ``nn.Conv2d``), and the padding the patch sums see."""
+        padding = self.padding if self.padding_mode == "zeros" else (0, 0)
+        fits = self.dilation == (1, 1) and all(2 * p <= k for p, k in zip(padding, self.kernel_size))
+        return fits, padding
+
+    def _channel_squares(self, x: Tensor) -> Tensor:
+        """``sum_c x_c^2`` within each group, shape ``(N, groups, H, W)``."""
+        squared = x * x
+        if self.groups == 1:
+            return squared.sum(1, keepdim=True)
+        return squared.unflatten(1, (self.groups, -1)).sum(2)
+
+    def _patch_sums(self, channel_squares: Tensor) -> Tensor:
+        """``||x_patch||^2``: the channel squares summed over every kernel window, ``(N, groups, H', W')``."""
+        by_pool, padding = self._pooled_by_avg_pool()
+        if by_pool:
+            return F.avg_pool2d(channel_squares, self.kernel_size, self.stride, padding, divisor_override=1)
+        ones = self._ones.to(channel_squares.dtype)
+        return F.conv2d(channel_squares, ones, None, self.stride, padding, self.dilation, self.groups)
+
+    def _patch_sums_transposed(self, grad: Tensor, channel_squares: Tensor) -> Tensor:
+        """The adjoint of :meth:`_patch_sums`: spreads ``grad`` back over the windows it summed."""
+        by_pool, padding = self._pooled_by_avg_pool()
+        if by_pool:
+            return torch.ops.aten.avg_pool2d_backward(
+                grad, channel_squares, self.kernel_size, self.stride, padding, False, True, 1
+            )
+        ones = self._ones.to(grad.dtype)
+        return torch.ops.aten.convolution_backward(
+            grad, channel_squares, ones, None, self.stride, padding, self.dilation, False, [0, 0], self.groups,
+            (True, False, False),
+        )[0]
+
     def patch_norm(self, x: Tensor) -> Tensor:
         """``||x_patch||`` for every output position and group, shape ``(N, groups, H', W')``.
 
-        ``x`` must already carry any non-zero padding (see :meth:`_padded`).
+        ``x`` must already carry any non-zero padding (see :meth:`_padded`).  The norm is kept away
+        from 0: the derivative of sqrt is infinite at an all-zero patch (NaN gradients).
         """
-        padding = self.padding if self.padding_mode == "zeros" else (0, 0)
-        if self.groups == 1:
-            squared = torch.linalg.vector_norm(x, dim=1, keepdim=True).square()
+        return self._patch_sums(self._channel_squares(x)).clamp_min(_EPS * _EPS).sqrt()
+
+    def _dynamic_factor(self, linear_out: Tensor, denominator: Tensor) -> Tensor:
+        """``gamma * (|w_hat^T x| / (||x_patch|| + eps))^(B-1)``: the dynamic scale of Eq. (11) times the
+        fixed scale gamma, for ``denominator = ||x_patch|| + eps`` of shape ``(N, groups, H', W')``.
+
+        Not differentiable (written with in-place operations): for frozen decisions, inference and
+        the forward pass of :class:`_BcosConv2dLive`.
+        """
+        grouped = linear_out if self.groups == 1 else linear_out.unflatten(1, (self.groups, -1))
+        denom = denominator if self.groups == 1 else denominator.unsqueeze(2)
+        if self.b == 2:
+            factor = grouped.abs().mul_(self.scale / denom) if self.scale != 1 else grouped.abs().div_(denom)
         else:
-            squared = x.unflatten(1, (self.groups, -1)).square().sum(2)
-        # avg_pool2d rejects padding beyond half the kernel, which nn.Conv2d (and so this layer) allows.
-        if self.dilation == (1, 1) and all(2 * p <= k for p, k in zip(padding, self.kernel_size)):
-            summed = F.avg_pool2d(squared, self.kernel_size, self.stride, padding, divisor_override=1)
-        else:
-            summed = F.conv2d(squared, self._ones.to(x.dtype), None, self.stride, padding, self.dilation, self.groups)
-        # Kept away from 0: the derivative of sqrt is infinite at an all-zero patch (NaN gradients).
-        return summed.clamp_min(_EPS * _EPS).sqrt()
+            factor = grouped.abs().div_(denom).pow_(self.b - 1)
+            if self.scale != 1:
+                factor.mul_(self.scale)
+        return factor if self.groups == 1 else factor.flatten(1, 2)
+
+    def _maxout(self, linear_out: Tensor) -> Tensor:
+        """MaxOut over the ``max_out`` units of every output channel (Eq. (17)).
+
+        Taken on the linear outputs, before the dynamic scale: ``o -> o |o|^(B-1)`` is increasing and
+        the units of one MaxOut share their input patch, so the winner and the output are those of the
+        maximum of the B-cos outputs, at half the elementwise work.
+        """
+        if self.max_out == 1:
+            return linear_out
+        # In the frozen modes ``amax`` is frozen by the tracer as the selection of the winning unit.
+        return linear_out.unflatten(1, (self.out_units, self.max_out)).amax(2)
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
@@ -225,16 +279,37 @@ class BcosConv2d(_BcosUnit):
                 f"BcosConv2d expected input of shape (N, {self.in_channels}, H, W), got {tuple(x.shape)}"
             )
         xp, padding = self._padded(x)
-        out = F.conv2d(xp, self.normalized_weight(), None, self.stride, padding, self.dilation, self.groups)
-        if self.b != 1:
-            out = out * decide(self._scale_from, out, xp)
-        return self._maxout_and_scale(out, 1)
+        w_hat = self.normalized_weight()
+        if self.b == 1:
+            out = self._maxout(F.conv2d(xp, w_hat, None, self.stride, padding, self.dilation, self.groups))
+            return out * self.scale if self.scale != 1 else out
+        if current_mode() is Mode.LIVE:
+            if not (torch.is_grad_enabled() and (xp.requires_grad or w_hat.requires_grad)):
+                return self._live_inference(xp, w_hat, padding)
+            if not torch._C._are_functorch_transforms_active():
+                return _BcosConv2dLive.apply(xp, w_hat, self, padding)
+            return self._live_reference(xp, w_hat, padding)
+        # FROZEN / TWO_BATCH: the dynamic scale is the layer's decision (Eqs. (10)-(11)).
+        out = self._maxout(F.conv2d(xp, w_hat, None, self.stride, padding, self.dilation, self.groups))
+        return out * decide(self._frozen_factor, out, xp)
 
-    def _scale_from(self, linear_out: Tensor, x_padded: Tensor) -> Tensor:
-        norm = self.patch_norm(x_padded)
+    def _frozen_factor(self, linear_out: Tensor, x_padded: Tensor) -> Tensor:
+        return self._dynamic_factor(linear_out, self.patch_norm(x_padded) + _EPS)
+
+    def _live_inference(self, xp: Tensor, w_hat: Tensor, padding: tuple[int, int]) -> Tensor:
+        """Eq. (9) without autograd: the scale is built and applied in place, in the output's buffer."""
+        out = self._maxout(F.conv2d(xp, w_hat, None, self.stride, padding, self.dilation, self.groups))
+        denominator = self._patch_sums(self._channel_squares(xp)).clamp_min_(_EPS * _EPS).sqrt_().add_(_EPS)
+        return self._dynamic_factor(out, denominator).mul_(out)
+
+    def _live_reference(self, xp: Tensor, w_hat: Tensor, padding: tuple[int, int]) -> Tensor:
+        """Eq. (9) composed of differentiable operations: for torch.func transforms and double backward."""
+        out = self._maxout(F.conv2d(xp, w_hat, None, self.stride, padding, self.dilation, self.groups))
+        norm = self.patch_norm(xp)
         if self.groups > 1:
-            norm = norm.repeat_interleave(linear_out.shape[1] // self.groups, dim=1)
-        return self._cosine_scale(linear_out, norm)
+            norm = norm.repeat_interleave(out.shape[1] // self.groups, dim=1)
+        scaled = out * self._cosine_scale(out, norm)
+        return scaled * self.scale if self.scale != 1 else scaled
 
     def extra_repr(self) -> str:
         s = (
@@ -248,6 +323,87 @@ class BcosConv2d(_BcosUnit):
         if self.padding_mode != "zeros":
             s += f", padding_mode={self.padding_mode}"
         return s + super().extra_repr()
+
+
+def _is_batched(t: Tensor) -> bool:
+    """True for the batched gradients of ``torch.autograd.grad(..., is_grads_batched=True)`` / vmap."""
+    functorch = torch._C._functorch
+    return bool(functorch.is_batchedtensor(t) or functorch.is_legacy_batchedtensor(t))
+
+
+class _BcosConv2dLive(torch.autograd.Function):
+    """The LIVE B-cos convolution (Eqs. (9), (17), gamma of App. C.1) with an analytic backward.
+
+    With ``o`` the (MaxOut-selected) linear output, ``d = ||x_patch|| + eps`` and
+    ``t = gamma (|o| / d)^(B-1)``, the layer is ``y = t o``, so
+
+    * ``dy/do = B t``                (``o |o|^(B-1)`` has derivative ``B |o|^(B-1)``),
+    * ``dy/dd = (1 - B) y / d``      and ``d||x_patch||^2 / dx = 2 x`` over the patch.
+
+    Autograd would store and traverse every elementwise step of the scale (abs, division, power,
+    product, the patch norm); here the backward is a handful of fused passes, and the gradient is
+    finite at an all-zero patch (``B |o|^(B-1) = 0`` at ``o = 0``) for every B > 1.
+    A double backward (``create_graph=True``) recomputes the differentiable composition instead.
+    """
+
+    @staticmethod
+    def forward(ctx, xp: Tensor, w_hat: Tensor, layer: BcosConv2d, padding: tuple[int, int]) -> Tensor:
+        linear_full = F.conv2d(xp, w_hat, None, layer.stride, padding, layer.dilation, layer.groups)
+        linear = layer._maxout(linear_full)
+        channel_squares = layer._channel_squares(xp)
+        sums = layer._patch_sums(channel_squares)
+        norm = sums.clamp_min(_EPS * _EPS).sqrt()
+        denominator = norm + _EPS
+        factor = layer._dynamic_factor(linear, denominator)
+        ctx.layer, ctx.padding = layer, padding
+        ctx.save_for_backward(xp, w_hat, linear_full, linear, factor, sums, norm, denominator, channel_squares)
+        return linear * factor
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        layer, padding = ctx.layer, ctx.padding
+        xp, w_hat, linear_full, linear, factor, sums, norm, denominator, channel_squares = ctx.saved_tensors
+        need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        if torch.is_grad_enabled() or _is_batched(grad_out):
+            # create_graph=True or is_grads_batched=True: differentiate the differentiable composition
+            # (keeping its graph in the first case; autograd's formulas have batching rules).
+            create_graph = torch.is_grad_enabled()
+            with torch.enable_grad():
+                inputs = [t for t, needed in ((xp, need_x), (w_hat, need_w)) if needed]
+                out = layer._live_reference(xp, w_hat, padding)
+                grads = iter(torch.autograd.grad(out, inputs, grad_out, create_graph=create_graph))
+            return (next(grads) if need_x else None), (next(grads) if need_w else None), None, None
+        b = layer.b
+        # dy/do = B t; addcmul with a 0-dim input does the product and the factor B in one pass.
+        grad_linear = torch.addcmul(grad_out.new_zeros(()), grad_out, factor, value=b)
+        grad_full = grad_linear
+        if layer.max_out > 1:
+            units = linear_full.unflatten(1, (layer.out_units, layer.max_out))
+            winners = units == linear.unsqueeze(2)
+            spread = grad_linear.unsqueeze(2)
+            if int(winners.sum()) != linear.numel():
+                spread = spread / winners.sum(2, keepdim=True)  # ties share the gradient, as amax does
+            grad_full = torch.where(winners, spread, grad_linear.new_zeros(())).flatten(1, 2)
+        grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
+            grad_full, xp, w_hat, None, layer.stride, padding, layer.dilation, False, [0, 0], layer.groups,
+            (need_x, need_w, False),
+        )
+        if need_x:
+            # dL/dd = (1 - B)/d sum_c g y = (1 - B)/(B d) sum_c (dL/do) o; through d = sqrt(S) + eps and
+            # S = sum over the patch of x^2: dL/dx = x * adjoint_pool(dL/dd / ||x_patch||).
+            product = grad_linear * linear
+            per_group = (
+                product.sum(1, keepdim=True) if layer.groups == 1 else product.unflatten(1, (layer.groups, -1)).sum(2)
+            )
+            per_group.mul_((1 - b) / b).div_(denominator * norm).mul_(sums >= _EPS * _EPS)
+            spread_back = layer._patch_sums_transposed(per_group, channel_squares)
+            if layer.groups == 1:
+                grad_x.addcmul_(xp, spread_back)
+            else:
+                grad_x.unflatten(1, (layer.groups, -1)).addcmul_(
+                    xp.unflatten(1, (layer.groups, -1)), spread_back.unsqueeze(2)
+                )
+        return grad_x, grad_w, None, None
 
 
 class LogitLayer(nn.Module):
