@@ -161,8 +161,12 @@ CASES: dict[str, list[tuple[str, Callable[[], Callable], tuple[int, ...]]]] = {
     "maximum": [
         ("torch.maximum(carriers)", lambda: lambda x: torch.maximum(x, 0.5 * x.roll(1, 1)), IMG),
         ("torch.maximum(const)", lambda: lambda x: torch.maximum(x, torch.tensor(0.1, dtype=x.dtype)), IMG),
+        ("torch.maximum(0, x)", lambda: lambda x: torch.maximum(torch.zeros((), dtype=x.dtype), x), IMG),
     ],
-    "minimum": [("torch.minimum", lambda: lambda x: torch.minimum(x, -x.flip(2)), IMG)],
+    "minimum": [
+        ("torch.minimum", lambda: lambda x: torch.minimum(x, -x.flip(2)), IMG),
+        ("torch.minimum(c, x)", lambda: lambda x: torch.minimum(torch.full((1, 3, 1, 1), 0.2, dtype=x.dtype), x), IMG),
+    ],
     "fmax": [("torch.fmax", lambda: lambda x: torch.fmax(x, 0.3 * x.roll(1, 3)), IMG)],
     "fmin": [("torch.fmin", lambda: lambda x: torch.fmin(x, 0.3 * x.roll(1, 3)), IMG)],
     "batch_norm": [("nn.BatchNorm2d(eval)", _bn, IMG)],

@@ -279,6 +279,9 @@ def maximum_rule(func: Callable, args: tuple, kwargs: dict) -> Tensor:
     take_min = getattr(func, "__name__", "") in ("minimum", "fmin")
     if not isinstance(b, Tensor):
         b = torch.as_tensor(b, dtype=a.dtype, device=a.device)
+    if a.dim() < b.dim() or (a.dim() == b.dim() > 0 and a.shape[0] < b.shape[0]):
+        # max and min are symmetric: decide on the operand with the batch (``maximum(0, x)``)
+        a, b = b, a
     if b.shape[:1] == a.shape[:1] and b.dim() == a.dim():
         pick = decide(lambda s, t: ((s <= t) if take_min else (s >= t)).to(s.dtype), a, b)
     else:
