@@ -16,7 +16,7 @@ from collections.abc import Sequence
 __all__ = ["main", "CommandError"]
 
 # Subcommand modules, in the order they appear in ``linearlens --help``.
-SUBCOMMANDS = ("demo", "train", "explain")
+SUBCOMMANDS = ("demo", "train", "explain", "evaluate", "interpret")
 
 
 class CommandError(Exception):
