@@ -182,6 +182,36 @@ def test_lime_finds_the_one_cell_a_linear_model_reads():
     assert (all_features.attributions[0, 0] != 0).float().mean() > 0.5
 
 
+def test_lime_equals_captums_lime_with_the_same_samples_kernel_and_regression(bcos, images):
+    from captum.attr import Lime
+
+    from linearlens.explain.methods import ExplainedSystem
+    from linearlens.explain.methods.perturbation import (
+        WeightedRidge,
+        grid_feature_mask,
+        lime_samples,
+        lime_similarity,
+    )
+
+    ours = explain(bcos, images[:2], [[3, 5], [1, 1]], method="lime", n_samples=30, kernel_size=8,
+                   num_features=None, seed=4)
+    system = ExplainedSystem(bcos, tuple(images.shape))
+    z = system.encode(images[:2])
+    mask = grid_feature_mask((16, 16), 8)
+    rows = lime_samples(30, int(mask.max()) + 1, seed=4)
+
+    def perturb(original, **kwargs):
+        yield from (r[None] for r in rows)
+
+    captum_lime = Lime(lambda t: system(t).softmax(1), interpretable_model=WeightedRidge(1.0),
+                       similarity_func=lime_similarity(0.25), perturb_func=perturb)
+    for i, targets in enumerate([[3, 5], [1, 1]]):
+        for k, t in enumerate(targets):
+            coef = captum_lime.attribute(z[i : i + 1], target=t, feature_mask=mask, n_samples=30,
+                                         perturbations_per_eval=10, return_input_shape=False)
+            assert torch.allclose(ours.meta["coefficients"][i, k], coef.flatten(), rtol=1e-4, atol=1e-6)
+
+
 def test_rise_saliency_concentrates_on_the_region_the_model_reads():
     x = torch.ones(1, 3, 16, 16)
     regions = _regions()

@@ -8,10 +8,12 @@ parts of it with a baseline of 0, which for a B-cos network is the input that co
 * RISE (Petsiuk et al.), written on tensors: ``S = E[f(x ⊙ M) M] / p`` over random masks made by
   upsampling ``s x s`` binary grids (``p`` the keep probability) with a random shift; 500 masks,
   ``s = 8``, ``p = 0.1`` as in App. C.2 of the B-cos paper; batched over images and masks;
-* LIME (Ribeiro et al.; captum's ``Lime``): a weighted ridge regression of the score on binary
-  feature indicators, 500 samples, the map keeps the ``num_features = 5`` strongest features
-  (App. C.2).  The official LIME segments images with quickshift (``kernel_size = 4``); scikit-image
-  is not a dependency of linearlens, so the features are square cells of side ``kernel_size``.
+* LIME (Ribeiro et al.): a weighted ridge regression of the score on binary feature indicators,
+  500 samples, the map keeps the ``num_features = 5`` strongest features (App. C.2); written on
+  tensors so that one set of samples serves all images and targets, and tested equal to captum's
+  ``Lime`` with the same samples, kernel and regression.  The official LIME segments images with
+  quickshift (``kernel_size = 4``); scikit-image is not a dependency of linearlens, so the
+  features are square cells of side ``kernel_size``.
 
 Their maps are not smoothed in the grid pointing game (Sec. 4 of the B-cos paper), which is why
 they carry ``meta["perturbation"] = True``.
@@ -20,13 +22,12 @@ they carry ``meta["perturbation"] = True``.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from captum._utils.models.model import Model
-from captum.attr import Lime, Occlusion
+from captum.attr import Occlusion
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
@@ -35,7 +36,10 @@ from ..explanation import Explanation
 from ..targets import TargetSpec
 from ._system import ExplainedSystem, per_target, prepare
 
-__all__ = ["occlusion", "rise", "lime", "rise_masks", "grid_feature_mask"]
+__all__ = [
+    "occlusion", "rise", "lime", "rise_masks", "grid_feature_mask", "weighted_ridge", "lime_kernel", "lime_samples",
+    "lime_similarity", "WeightedRidge",
+]
 
 _SCORES: dict[str, Callable[[Tensor], Tensor]] = {
     "logit": lambda y: y,
@@ -169,11 +173,33 @@ def grid_feature_mask(size: tuple[int, int], kernel_size: int) -> Tensor:
     return (rows[:, None] * math.ceil(w / kernel_size) + cols[None, :]).view(1, 1, h, w)
 
 
-class WeightedRidge(Model):
-    """LIME's interpretable model: ridge regression with intercept, solved in closed form.
+def weighted_ridge(a: Tensor, y: Tensor, w: Tensor, alpha: float) -> tuple[Tensor, Tensor]:
+    """Ridge regression with intercept and sample weights, in closed form, for many targets at once.
 
-    Minimises ``sum_i w_i (y_i - b - v^T a_i)^2 + alpha ||v||^2`` (official LIME: ``Ridge(alpha=1)``).
+    Minimises ``sum_i w_i (y_i - b - v^T a_i)^2 + alpha ||v||^2`` (official LIME: ``Ridge(alpha=1)``)
+    for every column of ``y (S, M)``; ``a`` is ``(S, F)``.  Returns ``(v (F, M), b (M,))``.
     """
+    a, y, w = a.double(), y.double(), w.double()
+    a_mean = (w @ a) / w.sum()
+    y_mean = (w @ y) / w.sum()
+    ac, yc = a - a_mean, y - y_mean
+    gram = ac.T @ (w[:, None] * ac) + alpha * torch.eye(a.shape[1], dtype=a.dtype, device=a.device)
+    coef = torch.linalg.solve(gram, ac.T @ (w[:, None] * yc))
+    return coef, y_mean - a_mean @ coef
+
+
+def lime_kernel(samples: Tensor, kernel_width: float = 0.25) -> Tensor:
+    """Official LIME's image kernel ``sqrt(exp(-d^2 / w^2))``, ``d`` the cosine distance to the all-on sample.
+
+    ``samples`` are binary feature indicators ``(S, F)``; returns weights ``(S,)``.
+    """
+    v = samples.double()
+    cos = v.sum(1) / (v.norm(dim=1) * math.sqrt(v.shape[1])).clamp_min(1e-12)
+    return torch.exp(-((1 - cos) ** 2) / kernel_width**2).sqrt()
+
+
+class WeightedRidge(Model):
+    """:func:`weighted_ridge` as an interpretable model for captum's ``Lime`` (captum's default needs sklearn)."""
 
     def __init__(self, alpha: float = 1.0) -> None:
         self.alpha = float(alpha)
@@ -182,14 +208,11 @@ class WeightedRidge(Model):
 
     def fit(self, train_data: DataLoader, **kwargs: object) -> dict[str, float]:
         parts = list(train_data)
-        a = torch.cat([b[0] for b in parts]).double().flatten(1)
-        y = torch.cat([b[1] for b in parts]).double().flatten()
-        w = torch.cat([b[2] for b in parts]).double().flatten() if len(parts[0]) > 2 else torch.ones_like(y)
-        a_mean, y_mean = (w @ a) / w.sum(), (w @ y) / w.sum()
-        ac, yc = a - a_mean, y - y_mean
-        gram = ac.T @ (w[:, None] * ac) + self.alpha * torch.eye(a.shape[1], dtype=a.dtype)
-        self.coef = torch.linalg.solve(gram, ac.T @ (w * yc))
-        self.intercept = y_mean - a_mean @ self.coef
+        a = torch.cat([b[0] for b in parts]).flatten(1)
+        y = torch.cat([b[1] for b in parts]).reshape(-1, 1)
+        w = torch.cat([b[2] for b in parts]).flatten() if len(parts[0]) > 2 else torch.ones(len(y))
+        coef, intercept = weighted_ridge(a, y, w, self.alpha)
+        self.coef, self.intercept = coef[:, 0], intercept[0]
         return {"samples": float(len(y))}
 
     def representation(self) -> Tensor:
@@ -198,17 +221,16 @@ class WeightedRidge(Model):
         return self.coef.float().unsqueeze(0)
 
     def __call__(self, x: Tensor) -> Tensor:
-        return x.double().flatten(1) @ self.representation().double().T.squeeze(1) + self.intercept
+        if self.coef is None or self.intercept is None:
+            raise RuntimeError("fit the model first")
+        return x.double().flatten(1) @ self.coef + self.intercept
 
 
-def _lime_similarity(kernel_width: float) -> Callable[..., Tensor]:
-    """Official LIME's image kernel: ``sqrt(exp(-d^2 / w^2))`` of the cosine distance to the unperturbed sample."""
+def lime_similarity(kernel_width: float = 0.25) -> Callable[..., Tensor]:
+    """:func:`lime_kernel` as a similarity function for captum's ``Lime``."""
 
     def similarity(original: Tensor, perturbed: Tensor, interpretable: Tensor, **kwargs: object) -> Tensor:
-        v = interpretable.float().flatten()
-        cos = v.sum() / (v.norm() * math.sqrt(v.numel())).clamp_min(1e-12)
-        d = 1 - cos
-        return torch.exp(-(d**2) / kernel_width**2).sqrt()
+        return lime_kernel(interpretable.reshape(1, -1), kernel_width)[0].float()
 
     return similarity
 
@@ -231,9 +253,14 @@ def lime(
 ) -> Explanation:
     """LIME with ``n_samples = 500`` perturbations of ``kernel_size``-pixel cells (App. C.2 of the B-cos paper).
 
-    The map holds each cell's ridge coefficient for the ``num_features`` cells of largest absolute
-    coefficient and zero elsewhere (``num_features=None`` keeps all).  Samples switch each cell on
-    with probability 1/2, drawn from ``seed``.
+    The samples switch each cell on with probability 1/2 (drawn from ``seed``, captum's sampling),
+    are weighted by LIME's kernel (:func:`lime_kernel`) and the score is regressed on them by
+    weighted ridge regression (:func:`weighted_ridge`).  This is captum's ``Lime`` with
+    :class:`WeightedRidge` and :func:`lime_similarity` (a test checks the equality), except that one
+    set of samples is shared by every image and target: the ``n_samples`` forward passes per image
+    serve all ``K`` explained outputs, where captum would repeat them per output.  The map holds
+    each cell's coefficient for the ``num_features`` cells of largest absolute coefficient and zero
+    elsewhere (``num_features=None`` keeps all).
     """
     if n_samples < 2 or kernel_size < 1 or (num_features is not None and num_features < 1):
         raise ValueError(
@@ -241,39 +268,34 @@ def lime(
             f"{kernel_size}, {num_features}"
         )
     system, z, targets, outputs = prepare(model, x, target, "lime")
-    mask = grid_feature_mask(tuple(z.shape[-2:]), kernel_size).to(z.device)
-    n_feat = int(mask.max()) + 1
-    generator = torch.Generator().manual_seed(seed)
-
-    def perturb(original: Tensor, **kwargs: object) -> Tensor:
-        return torch.randint(0, 2, (1, n_feat), generator=generator).to(z.device)
-
-    attributor = Lime(
-        _score_fn(system, score),
-        interpretable_model=WeightedRidge(alpha),
-        similarity_func=_lime_similarity(kernel_width),
-        perturb_func=perturb,
-    )
-
-    def one(t: Tensor) -> Tensor:
-        coefs = []
-        for i in range(z.shape[0]):
-            with torch.no_grad(), warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)
-                c = attributor.attribute(
-                    z[i : i + 1], target=t[i : i + 1], feature_mask=mask, n_samples=n_samples, baselines=baseline,
-                    perturbations_per_eval=min(batch_size, n_samples), return_input_shape=False,
-                )
-            coefs.append(c.reshape(-1))
-        return torch.stack(coefs)
-
-    coefs = per_target(targets, one)  # (N, K, features)
+    ids = grid_feature_mask(tuple(z.shape[-2:]), kernel_size)[0, 0].to(z.device)
+    n_feat = int(ids.max()) + 1
+    samples = lime_samples(n_samples, n_feat, seed).to(z.device)
+    fn = _score_fn(system, score)
+    n, k = targets.shape
+    chunk = max(1, batch_size // n)
+    picked = []
+    with torch.no_grad():
+        for start in range(0, n_samples, chunk):
+            on = samples[start : start + chunk][:, ids].to(z.dtype)[None, :, None]  # (1, b, 1, H, W)
+            perturbed = z[:, None] * on + baseline * (1 - on)
+            b = perturbed.shape[1]
+            scores = fn(perturbed.flatten(0, 1)).view(n, b, -1)
+            picked.append(scores.gather(2, targets[:, None, :].expand(n, b, k)))
+    y = torch.cat(picked, 1).permute(1, 0, 2).reshape(n_samples, n * k)
+    coef, _ = weighted_ridge(samples, y, lime_kernel(samples, kernel_width), alpha)
+    coefs = coef.T.reshape(n, k, n_feat).to(z.dtype)
     if num_features is not None and num_features < n_feat:
         keep = coefs.abs().topk(num_features, dim=-1).indices
         coefs = torch.zeros_like(coefs).scatter(-1, keep, coefs.gather(-1, keep))
-    maps = coefs[..., mask[0, 0]]  # (N, K, H, W)
+    maps = coefs[..., ids]  # (N, K, H, W)
     return _explanation(
         "lime", maps, targets, outputs, z,
         {"n_samples": n_samples, "kernel_size": kernel_size, "num_features": num_features, "score": score,
          "coefficients": coefs},
     )
+
+
+def lime_samples(n_samples: int, n_features: int, seed: int = 0) -> Tensor:
+    """LIME's binary samples ``(S, F)``: every feature on with probability 1/2 (as captum's default)."""
+    return torch.randint(0, 2, (n_samples, n_features), generator=torch.Generator().manual_seed(seed))
