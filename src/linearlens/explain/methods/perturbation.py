@@ -4,7 +4,8 @@ All three perturb the explained input (the 6-channel encoding of a B-cos network
 parts of it with a baseline of 0, which for a B-cos network is the input that contributes nothing
 (``f(0) = b``, App. C.1.1 of the B-cos paper).
 
-* occlusion (Zeiler & Fergus; captum): the drop of the score when a sliding window is occluded;
+* occlusion (Zeiler & Fergus; captum): the drop of the score when a sliding window is occluded,
+  one set of occluded images serving all ``K`` explained outputs;
 * RISE (Petsiuk et al.), written on tensors: ``S = E[f(x ⊙ M) M] / p`` over random masks made by
   upsampling ``s x s`` binary grids (``p`` the keep probability) with a random shift; 500 masks,
   ``s = 8``, ``p = 0.1`` as in App. C.2 of the B-cos paper; batched over images and masks;
@@ -34,7 +35,7 @@ from torch.utils.data import DataLoader
 from ..api import register_method
 from ..explanation import Explanation
 from ..targets import TargetSpec
-from ._system import ExplainedSystem, per_target, prepare
+from ._system import ExplainedSystem, prepare
 
 __all__ = [
     "occlusion", "rise", "lime", "rise_masks", "grid_feature_mask", "weighted_ridge", "lime_kernel", "lime_samples",
@@ -88,21 +89,18 @@ def occlusion(
     """Occlusion: the mean score drop over the ``window``-sized occlusions (stride ``stride``) covering a pixel."""
     system, z, targets, outputs = prepare(model, x, target, "occlusion")
     (wh, ww), (sh, sw) = _pair(window, "window"), _pair(stride, "stride")
-    c = z.shape[1]
-    attributor = Occlusion(_score_fn(system, score))
+    (n, k), c = targets.shape, z.shape[1]
+    score_fn = _score_fn(system, score)
+    # One pass serves all K targets: captum attributes every element of an (N, K) output.
+    attributor = Occlusion(lambda inputs, t: score_fn(inputs).gather(1, t))
     windows = math.ceil((z.shape[2] - wh) / sh + 1) * math.ceil((z.shape[3] - ww) / sw + 1)
-    per_eval = max(1, min(windows, batch_size // z.shape[0]))
-
-    def one(t: Tensor) -> Tensor:
-        with torch.no_grad():
-            out = attributor.attribute(
-                z, sliding_window_shapes=(c, wh, ww), strides=(c, sh, sw), baselines=baseline, target=t,
-                perturbations_per_eval=per_eval,
-            )
-        # The window spans all channels, so every channel holds the same map.
-        return out.mean(1)
-
-    maps = per_target(targets, one)
+    with torch.no_grad():
+        out = attributor.attribute(
+            z, sliding_window_shapes=(c, wh, ww), strides=(c, sh, sw), baselines=baseline,
+            additional_forward_args=(targets,), perturbations_per_eval=max(1, min(windows, batch_size // n)),
+        )
+    # The window spans all channels, so every channel holds the same map.
+    maps = out.view(n, k, c, *z.shape[-2:]).mean(2)
     return _explanation(
         "occlusion", maps, targets, outputs, z,
         {"window": (wh, ww), "stride": (sh, sw), "baseline": baseline, "score": score},
