@@ -93,6 +93,22 @@ def test_input_x_gradient_in_explanation_mode_equals_the_inherent_contributions(
     assert not torch.allclose(live.attributions, inherent.attributions, atol=1e-2 * scale)
 
 
+@pytest.mark.parametrize("method", ["gradient", "ixg", "ig", "gradcam", "layercam"])
+def test_explanation_mode_changes_nothing_on_a_piecewise_linear_bcos_network(images, method):
+    # With B = 1 the only decisions are MaxOut selections, whose gradient is already the selection.
+    torch.manual_seed(5)
+    linear = create_model("bcos_cifar", width=0.125, b=1.0, max_out=2).eval()
+    options = FAST.get(method, {})
+    live = explain(linear, images, [0, 4, 8], method=method, **options)
+    frozen = explain(linear, images, [0, 4, 8], method=method, frozen=True, **options)
+    assert torch.allclose(frozen.attributions, live.attributions, rtol=1e-4, atol=1e-6 * live.attributions.abs().max())
+    if method in ("gradcam", "layercam"):
+        return
+    b2 = explain(create_model("bcos_cifar", width=0.125, b=2.0).eval(), images, 0, method=method, frozen=True,
+                 **options)
+    assert bool(torch.isfinite(b2.attributions).all()) and b2.meta["frozen"]
+
+
 def test_gradient_equals_linear_interpreter_rows_on_a_relu_network(relu_net, images):
     rows = explain(relu_net, images, "all", method="linear_rows")
     for frozen in (False, True):
