@@ -10,7 +10,7 @@ Measured in one run, medians of repeats, on randomly initialised networks (seede
   and against materialising F column by column plus a dense ``torch.linalg.svd``;
 * peak memory of the two-batch pass against "recording every activation" (forward hooks keeping every
   module's output, the approach of DFV that the paper replaces), each in a fresh subprocess
-  (``ru_maxrss`` growth), for the upscaler and a deeper EDSR-style residual upscaler.
+  (growth of the peak resident size, VmHWM reset through /proc/self/clear_refs), for the upscaler and a deeper EDSR-style residual upscaler.
 
     python benchmarks/bench_linearscope.py [--threads 2] [--quick]
 """
@@ -150,7 +150,7 @@ def svd_comparison(k: int, size: int, quick: bool) -> dict:
 
 
 MEMORY_WORKER = """
-import json, resource, sys, torch
+import json, re, sys, torch
 sys.path.insert(0, {root!r})
 from bench_linearscope import NETS
 from linearlens.interpret import run_two_batch
@@ -159,7 +159,10 @@ model = NETS[{net!r}]()
 x = torch.rand(1, 3, {size}, {size})
 with torch.no_grad():
     model(torch.rand(1, 3, 8, 8)); run_two_batch(model, torch.rand(1, 3, 8, 8))  # imports and warm-up
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def mb(key):
+    return int(re.search(key + r":\\s+(\\d+)", open("/proc/self/status").read()).group(1)) / 1024
+open("/proc/self/clear_refs", "w").write("5")  # reset the peak (VmHWM) to the current resident size
+base = mb("VmRSS")
 stored = []
 with torch.no_grad():
     if {method!r} == "two_batch":
@@ -167,9 +170,9 @@ with torch.no_grad():
     else:
         hooks = [m.register_forward_hook(lambda m, i, o: stored.append(o)) for m in model.modules()]
         out = model(x)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({{"peak_growth_mb": (peak - base) / 1024, "stored_mb": sum(t.numel() * t.element_size()
-                  for t in stored) / 2**20}}))
+peak = mb("VmHWM")
+unique = {{t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in stored}}
+print(json.dumps({{"peak_growth_mb": peak - base, "stored_mb": sum(unique.values()) / 2**20}}))
 """
 
 

@@ -182,7 +182,7 @@ def test_adjoint_contributions_equal_forward_projections():
 def test_pixel_discussions_follow_eq_18():
     """Input term, back-projected layer contributions (dense, by hand) and the normalisation to the score."""
     model, x = _sequential(), _images()
-    pd = pixel_discussions(model, x, "all", per_group=True)
+    pd = pixel_discussions(model, x, "all", per_group=True, normalization="score")
     assert pd.discussions.shape == (2, 3, 8, 8)
     assert torch.allclose(pd.discussions.flatten(2).sum(-1), pd.scores, atol=1e-10)
     assert torch.allclose(pd.scores, model(x), atol=1e-12)
@@ -210,6 +210,26 @@ def test_pixel_discussions_follow_eq_18():
             assert torch.allclose(pd.bias_term[i, s], bias_map.view(3, 8, 8).sum(0), atol=1e-10)
     raw = pd.input_term + pd.bias_term
     assert torch.allclose(pd.discussions, raw * (pd.scores / raw.flatten(2).sum(-1))[..., None, None], atol=1e-10)
+
+
+@pytest.mark.parametrize("glue", [0.0, 0.3])
+def test_layer_normalised_discussions_conserve_every_contribution(glue):
+    """normalization="layer": input map + each group's exact contribution spread by |back-projection|."""
+    model, x = _dag(glue), _images()
+    pd = pixel_discussions(model, x, "all")
+    forward = bias_contributions(model, x)
+    assert torch.allclose(pd.discussions.flatten(2).sum(-1), pd.scores, atol=1e-10)
+    assert torch.allclose(pd.other, forward.other, atol=1e-10)
+    mass = pd.group_maps.abs()
+    total = mass.flatten(3).sum(-1)[..., None, None]
+    # The sigmoid's constant sits where the ReLU below is off, so its back-projection is zero: uniform.
+    assert (total == 0).any()
+    weights = torch.where(total > 0, mass / total, torch.full_like(mass, 1 / 64))
+    spread = (pd.group_contributions[..., None, None] * weights).sum(2)
+    expected = pd.input_term + spread + pd.other[..., None, None] / 64
+    assert torch.allclose(pd.discussions, expected, atol=1e-10)
+    with pytest.raises(ValueError, match="normalization"):
+        pixel_discussions(model, x, "all", normalization="sum")
 
 
 def test_pixel_votes_pick_the_class_with_the_largest_discussion():
