@@ -193,20 +193,12 @@ class BcosConv2d(_BcosUnit):
             torch.empty(out_channels * max_out, in_channels // groups, *self.kernel_size)
         )
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-        self.register_buffer("_ones", torch.ones(groups, 1, *self.kernel_size), persistent=False)
 
     def _padded(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
         if self.padding_mode == "zeros" or self.padding == (0, 0):
             return x, self.padding
         ph, pw = self.padding
         return F.pad(x, (pw, pw, ph, ph), mode=self.padding_mode), (0, 0)
-
-    def _pooled_by_avg_pool(self) -> tuple[bool, tuple[int, int]]:
-        """Whether the patch sums can use ``avg_pool2d`` (which rejects padding beyond half the kernel,
-        allowed by ``nn.Conv2d``), and the padding the patch sums see."""
-        padding = self.padding if self.padding_mode == "zeros" else (0, 0)
-        fits = self.dilation == (1, 1) and all(2 * p <= k for p, k in zip(padding, self.kernel_size))
-        return fits, padding
 
     def _channel_squares(self, x: Tensor) -> Tensor:
         """``sum_c x_c^2`` within each group, shape ``(N, groups, H, W)``."""
@@ -215,26 +207,43 @@ class BcosConv2d(_BcosUnit):
             return squared.sum(1, keepdim=True)
         return squared.unflatten(1, (self.groups, -1)).sum(2)
 
+    def _window_geometry(self, height: int, width: int) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
+        """Zero padding the windows see, padded input size and output size, for an input ``height x width``."""
+        ph, pw = self.padding if self.padding_mode == "zeros" else (0, 0)
+        hp, wp = height + 2 * ph, width + 2 * pw
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
+        return (ph, pw), (hp, wp), ((hp - dh * (kh - 1) - 1) // sh + 1, (wp - dw * (kw - 1) - 1) // sw + 1)
+
     def _patch_sums(self, channel_squares: Tensor) -> Tensor:
-        """``||x_patch||^2``: the channel squares summed over every kernel window, ``(N, groups, H', W')``."""
-        by_pool, padding = self._pooled_by_avg_pool()
-        if by_pool:
-            return F.avg_pool2d(channel_squares, self.kernel_size, self.stride, padding, divisor_override=1)
-        ones = self._ones.to(channel_squares.dtype)
-        return F.conv2d(channel_squares, ones, None, self.stride, padding, self.dilation, self.groups)
+        """``||x_patch||^2``: the channel squares summed over every kernel window, ``(N, groups, H', W')``.
+
+        A separable box sum of strided slices, for every kernel size, stride, dilation and padding:
+        ``avg_pool2d`` (which also rejects padding beyond half the kernel) or a convolution with ones
+        costs several times more on these one-channel maps and starts a parallel region per call.
+        """
+        (ph, pw), _, (oh, ow) = self._window_geometry(*channel_squares.shape[-2:])
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
+        t = F.pad(channel_squares, (pw, pw, ph, ph)) if ph or pw else channel_squares
+        rows = t[..., 0 : (oh - 1) * sh + 1 : sh, :]
+        for i in range(1, kh):
+            rows = rows + t[..., i * dh : i * dh + (oh - 1) * sh + 1 : sh, :]
+        sums = rows[..., 0 : (ow - 1) * sw + 1 : sw]
+        for j in range(1, kw):
+            sums = sums + rows[..., j * dw : j * dw + (ow - 1) * sw + 1 : sw]
+        return sums
 
     def _patch_sums_transposed(self, grad: Tensor, channel_squares: Tensor) -> Tensor:
         """The adjoint of :meth:`_patch_sums`: spreads ``grad`` back over the windows it summed."""
-        by_pool, padding = self._pooled_by_avg_pool()
-        if by_pool:
-            return torch.ops.aten.avg_pool2d_backward(
-                grad, channel_squares, self.kernel_size, self.stride, padding, False, True, 1
-            )
-        ones = self._ones.to(grad.dtype)
-        return torch.ops.aten.convolution_backward(
-            grad, channel_squares, ones, None, self.stride, padding, self.dilation, False, [0, 0], self.groups,
-            (True, False, False),
-        )[0]
+        height, width = channel_squares.shape[-2:]
+        (ph, pw), (hp, wp), (oh, ow) = self._window_geometry(height, width)
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
+        rows = grad.new_zeros(*grad.shape[:-1], wp)
+        for j in range(kw):
+            rows[..., j * dw : j * dw + (ow - 1) * sw + 1 : sw] += grad
+        spread = grad.new_zeros(*grad.shape[:-2], hp, wp)
+        for i in range(kh):
+            spread[..., i * dh : i * dh + (oh - 1) * sh + 1 : sh, :] += rows
+        return spread[..., ph : ph + height, pw : pw + width]
 
     def patch_norm(self, x: Tensor) -> Tensor:
         """``||x_patch||`` for every output position and group, shape ``(N, groups, H', W')``.
@@ -280,21 +289,57 @@ class BcosConv2d(_BcosUnit):
             )
         xp, padding = self._padded(x)
         w_hat = self.normalized_weight()
-        if self.b == 1:
-            out = self._maxout(F.conv2d(xp, w_hat, None, self.stride, padding, self.dilation, self.groups))
-            return out * self.scale if self.scale != 1 else out
-        if current_mode() is Mode.LIVE:
+        live = current_mode() is Mode.LIVE
+        if self.b != 1 and live:
             if not (torch.is_grad_enabled() and (xp.requires_grad or w_hat.requires_grad)):
                 return self._live_inference(xp, w_hat, padding)
             if not torch._C._are_functorch_transforms_active():
                 return _BcosConv2dLive.apply(xp, w_hat, self, padding)
             return self._live_reference(xp, w_hat, padding)
-        # FROZEN / TWO_BATCH: the dynamic scale is the layer's decision (Eqs. (10)-(11)).
-        out = self._maxout(F.conv2d(xp, w_hat, None, self.stride, padding, self.dilation, self.groups))
-        return out * decide(self._frozen_factor, out, xp)
+        linear = F.conv2d(xp, w_hat, None, self.stride, padding, self.dilation, self.groups)
+        if self.b == 1 and (live or self.max_out == 1):
+            out = self._maxout(linear)
+            return out * self.scale if self.scale != 1 else out
+        # FROZEN / TWO_BATCH: the dynamic scale (Eqs. (10)-(11)) and the MaxOut winner (Eq. (17)) are the
+        # layer's decisions; a MaxOut layer is then the fixed selection-and-scaling of its units.
+        if self.max_out == 1:
+            return linear * decide(self._frozen_factor, linear, xp)
+        units = linear.unflatten(1, (self.out_units, self.max_out))
+        return (units * decide(self._frozen_selection, linear, xp)).sum(2)
 
     def _frozen_factor(self, linear_out: Tensor, x_padded: Tensor) -> Tensor:
         return self._dynamic_factor(linear_out, self.patch_norm(x_padded) + _EPS)
+
+    def _frozen_selection(self, linear_out: Tensor, x_padded: Tensor) -> Tensor:
+        """Per unit, ``gamma |cos|^(B-1)`` for the MaxOut winner and 0 for the others, ``(N, C, max_out, H', W')``.
+
+        The winner is the first maximum of the linear outputs (as ``argmax``; the same unit wins the
+        B-cos outputs, see :meth:`_maxout`).  Found by comparisons: ``argmax`` over a short middle
+        dimension is orders of magnitude slower on CPU.
+        """
+        units = linear_out.unflatten(1, (self.out_units, self.max_out))
+        if self.max_out == 2:
+            first, second = units.unbind(2)
+            second_wins = second > first
+            best = torch.maximum(first, second)
+        else:
+            best, winner = units[:, :, 0], torch.zeros_like(units[:, :, 0], dtype=torch.uint8)
+            for m in range(1, self.max_out):
+                better = units[:, :, m] > best
+                best = torch.where(better, units[:, :, m], best)
+                winner.masked_fill_(better, m)
+        if self.b == 1:
+            factor = torch.full_like(best, self.scale)
+        else:
+            factor = self._dynamic_factor(best, self.patch_norm(x_padded) + _EPS)
+        selection = factor.new_empty(units.shape)
+        if self.max_out == 2:
+            torch.mul(factor, second_wins, out=selection[:, :, 1])
+            torch.sub(factor, selection[:, :, 1], out=selection[:, :, 0])  # exact: factor or 0
+        else:
+            for m in range(self.max_out):
+                torch.mul(factor, winner == m, out=selection[:, :, m])
+        return selection
 
     def _live_inference(self, xp: Tensor, w_hat: Tensor, padding: tuple[int, int]) -> Tensor:
         """Eq. (9) without autograd: the scale is built and applied in place, in the output's buffer."""
