@@ -10,7 +10,8 @@ Measured in one run, medians of repeats, on randomly initialised networks (seede
   and against materialising F column by column plus a dense ``torch.linalg.svd``;
 * peak memory of the two-batch pass against "recording every activation" (forward hooks keeping every
   module's output, the approach of DFV that the paper replaces), each in a fresh subprocess
-  (growth of the peak resident size, VmHWM reset through /proc/self/clear_refs), for the upscaler and a deeper EDSR-style residual upscaler.
+  (growth of the peak resident size, VmHWM reset through /proc/self/clear_refs), for the upscaler
+  and a deeper EDSR-style residual upscaler.
 
     python benchmarks/bench_linearscope.py [--threads 2] [--quick]
 """
@@ -87,21 +88,31 @@ def median_time(fn, repeats: int) -> float:
 
 
 def forward_ratio(model: nn.Module, x: torch.Tensor, repeats: int) -> dict:
-    """Plain forward on x0 vs the two-batch pass on [x0, x1], interleaved so that load affects both alike."""
+    """Plain forward on x0, plain forward on the 2N batch [x0, x1], and the two-batch pass, interleaved.
+
+    The second isolates what the interpreter adds (rules, decisions, tracing) from how the backend's
+    convolutions scale from N to 2N images, which on CPU is often worse than 2x.
+    """
     probe = torch.rand_like(x).unsqueeze(0)
-    plain, two = [], []
+    both = torch.cat([x, probe[0]])
+    fns = {
+        "plain": lambda: model(x), "plain_2n": lambda: model(both), "two_batch": lambda: run_two_batch(model, x, probe),
+    }
+    times: dict[str, list[float]] = {k: [] for k in fns}
     with torch.no_grad():
-        model(x)
-        run_two_batch(model, x, probe)
+        for fn in fns.values():
+            fn()
         for _ in range(repeats):
-            t = time.perf_counter()
-            model(x)
-            plain.append(time.perf_counter() - t)
-            t = time.perf_counter()
-            run_two_batch(model, x, probe)
-            two.append(time.perf_counter() - t)
-    p, q = statistics.median(plain), statistics.median(two)
-    return {"plain_ms": 1e3 * p, "two_batch_ms": 1e3 * q, "ratio": q / p}
+            for k, fn in fns.items():
+                t = time.perf_counter()
+                fn()
+                times[k].append(time.perf_counter() - t)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {
+        "plain_ms": 1e3 * med["plain"], "plain_2n_ms": 1e3 * med["plain_2n"], "two_batch_ms": 1e3 * med["two_batch"],
+        "ratio": med["two_batch"] / med["plain"], "ratio_same_batch": med["two_batch"] / med["plain_2n"],
+        "backend_2n_over_n": med["plain_2n"] / med["plain"],
+    }
 
 
 def svd_comparison(k: int, size: int, quick: bool) -> dict:
@@ -119,33 +130,40 @@ def svd_comparison(k: int, size: int, quick: bool) -> dict:
     def error(res) -> float:
         return float(((res.singular_values.double() - ref).abs() / ref[0]).max())
 
-    t = time.perf_counter()
-    kry = krylov_svd(scope, k, tol=1e-4)
-    t_kry = time.perf_counter() - t
-    target = max(error(kry), 1e-6)
+    krylov_svd(scope, 2, tol=1e-3)  # warm-up (SciPy's ARPACK import and first call)
+    runs = []
+    for _ in range(3):
+        t = time.perf_counter()
+        kry = krylov_svd(scope, k, tol=1e-3)
+        runs.append(time.perf_counter() - t)
+    t_kry = statistics.median(runs)
+    target = max(error(kry), 1e-7)
     out = {
         "k": k, "in_features": scope.in_features, "out_features": scope.out_features,
-        "krylov": {"seconds": t_kry, "passes": kry.passes, "sigma_rel_error": error(kry)},
+        "krylov": {"seconds": t_kry, "passes": kry.passes, "sigma_rel_error": error(kry), "arpack_tol": 1e-3},
         "materialize_plus_dense_svd": {"seconds": t_mat + t_dense, "materialize_s": t_mat, "svd_s": t_dense},
         "reference_top_sigmas": [round(float(v), 5) for v in s_ref[: k + 1]],
     }
-    # Power method (Alg. 1): the fewest steps per triple that reach the Krylov accuracy, with the
-    # momentum of Xu et al. computed from the exact spectrum (the method's best case).
+    # Power method (Alg. 1) with the momentum of Xu et al. computed from the exact spectrum (the
+    # method's best case): the loosest per-triple tolerance that reaches the Krylov accuracy.
     momenta = [float(s_ref[j + 1] ** 4 / 4) for j in range(k)]
-    for name, momentum in (("power_momentum", momenta), ("power_plain", 0.0)):
-        steps, best = 16, None
-        limit = 256 if quick else 2048
-        while steps <= limit:
-            t = time.perf_counter()
-            res = power_svd(scope, k, steps=steps, momentum=momentum, tol=None)
-            elapsed = time.perf_counter() - t
-            best = {"seconds": elapsed, "passes": res.passes, "steps_per_triple": steps, "sigma_rel_error": error(res)}
-            if error(res) <= target:
-                best["reached"] = True
-                break
-            best["reached"] = False
-            steps *= 2
-        out[name] = best
+    max_steps = 300 if quick else 1500
+    best, used_tol = None, None
+    for tol in (1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5, 3e-6, 1e-6):
+        t = time.perf_counter()
+        res = power_svd(scope, k, steps=max_steps, momentum=momenta, tol=tol)
+        best = {"seconds": time.perf_counter() - t, "passes": res.passes, "rayleigh_tol": tol,
+                "sigma_rel_error": error(res), "reached": error(res) <= target}
+        used_tol = tol
+        if best["reached"]:
+            break
+    out["power_momentum"] = best
+    # The plain power method (m = 0) at the same tolerance and step cap.
+    t = time.perf_counter()
+    res = power_svd(scope, k, steps=max_steps, momentum=0.0, tol=used_tol)
+    out["power_plain"] = {"seconds": time.perf_counter() - t, "passes": res.passes, "rayleigh_tol": used_tol,
+                          "sigma_rel_error": error(res), "reached": error(res) <= target,
+                          "max_steps_per_triple": max_steps}
     return out
 
 
@@ -200,8 +218,10 @@ def main() -> int:
     cls_in = torch.rand(32 if quick else 128, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     result["forward_sr4l"] = forward_ratio(sr4l(), sr_in, args.repeats)
     result["forward_vgg_bn"] = forward_ratio(vgg_bn(), cls_in, args.repeats)
-    print("two-batch / plain forward:", {k: round(result[k]["ratio"], 3) for k in ("forward_sr4l", "forward_vgg_bn")},
-          flush=True)
+    for k in ("forward_sr4l", "forward_vgg_bn"):
+        r = result[k]
+        print(f"{k}: two-batch / plain forward {r['ratio']:.2f}x; / plain forward of the same 2N batch "
+              f"{r['ratio_same_batch']:.2f}x (plain 2N / N: {r['backend_2n_over_n']:.2f}x)", flush=True)
 
     # 2. Columns/s and rows/s of the upscaler at a 32x32 input (F is 27,648 x 3,072).
     x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(2))
@@ -236,6 +256,8 @@ def main() -> int:
     summary = {
         "two_batch_over_forward_sr4l": round(result["forward_sr4l"]["ratio"], 3),
         "two_batch_over_forward_vgg_bn": round(result["forward_vgg_bn"]["ratio"], 3),
+        "two_batch_over_same_batch_forward_sr4l": round(result["forward_sr4l"]["ratio_same_batch"], 3),
+        "two_batch_over_same_batch_forward_vgg_bn": round(result["forward_vgg_bn"]["ratio_same_batch"], 3),
         "columns_per_s": round(max(r["columns_per_s"] for r in rates.values()), 1),
         "rows_per_s": round(max(r["rows_per_s"] for r in rates.values()), 1),
         "krylov_speedup_vs_power_momentum": round(svd["power_momentum"]["seconds"] / svd["krylov"]["seconds"], 2),

@@ -37,7 +37,7 @@ from _common import FIGURES, RUNS, SHARED_DATA, command_line  # noqa: E402
 
 from linearlens.data import augment_batch, load_cifar10  # noqa: E402
 from linearlens.engine import InputEncoding  # noqa: E402
-from linearlens.interpret import LinearScope, bias_contributions, pixel_discussions  # noqa: E402
+from linearlens.interpret import LinearScope, bias_contributions, pixel_discussions, pixel_votes  # noqa: E402
 from linearlens.interpret.plots import contribution_bars, pixel_vote_grid  # noqa: E402
 
 MEAN = (0.4914, 0.4822, 0.4465)
@@ -193,6 +193,7 @@ def main() -> int:
         }
         print(f"{variant}: residual share of the top-1 score {float(share.mean()):.1%} ± {float(share.std()):.1%}; "
               f"decomposition error {check:.2e}", flush=True)
+        numbers["nets"][variant]["pixel_votes_100"] = vote_statistics(model, x, top)
         if variant == "bn" or len(args.variants.split(",")) == 1:
             numbers["pixel_votes"] = discussions_figure(model, test, classes)
 
@@ -213,6 +214,21 @@ def main() -> int:
     (FIGURES / "cifar_numbers.json").write_text(json.dumps(numbers, indent=2))
     print(json.dumps(numbers))
     return 0
+
+
+def vote_statistics(model: nn.Module, x: torch.Tensor, top: torch.Tensor) -> dict:
+    """How often pixels vote for the top-1 class (Fig. 3's claim), for both normalisations of Eq. (18)."""
+    stats = {}
+    for normalization in ("layer", "score"):
+        votes = pixel_votes(pixel_discussions(model, x, "all", normalization=normalization))
+        counts = torch.stack([torch.bincount(v.flatten(), minlength=10) for v in votes]).float()
+        share = counts.gather(1, top).squeeze(1) / counts.sum(1)
+        stats[normalization] = {
+            "top1_vote_share_mean": float(share.mean()),
+            "top1_wins_plurality": float((counts.argmax(1) == top.squeeze(1)).float().mean()),
+        }
+    print(f"  pixel votes for the top-1 class: {stats}", flush=True)
+    return stats
 
 
 def discussions_figure(model: nn.Module, test, classes: list[str], count: int = 4) -> list[dict]:

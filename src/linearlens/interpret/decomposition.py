@@ -356,8 +356,8 @@ def pixel_discussions(
         back-projection; the magnitude of the back-projection says *where* the contribution is
         spread.  Constants owned by no leaf module (``other``) are spread uniformly.
 
-    One two-batch pass with ``x1 = x0`` (recording graph) and, per explained class, two backward
-    passes plus one per group for ``"layer"`` or ``per_group``.
+    One two-batch pass with ``x1 = x0`` (recording graph) and, per explained class, one backward pass
+    to every layer plus one back-projection pass (one per group for ``"layer"`` or ``per_group``).
     """
     if normalization not in ("layer", "score"):
         raise ValueError(f"normalization must be 'layer' or 'score', got {normalization!r}")
@@ -399,16 +399,18 @@ def pixel_discussions(
                 weighted.append(g * c.constant)
             per_call = torch.stack([w.flatten(1).sum(1) for w in weighted], 1) if calls else source.new_zeros(n, 0)
             contrib[:, j].index_add_(1, gidx, per_call)
+            # F_m^T w = grad_x1 <o_m, w>: all layers in one backward pass, or one pass per group.
             back = torch.zeros_like(x1)
-            if calls:
+            if calls and per_group:
+                for gi in range(len(labels)):
+                    sel = [i for i in range(len(calls)) if int(gidx[i]) == gi]
+                    part = sum((calls[i].output[n:] * weighted[i]).sum() for i in sel)
+                    (gm,) = torch.autograd.grad(part, x1, retain_graph=True)
+                    maps[:, j, gi] = gm.sum(1)
+                    back = back + gm
+            elif calls:
                 total = sum((c.output[n:] * w).sum() for c, w in zip(calls, weighted))
                 (back,) = torch.autograd.grad(total, x1, retain_graph=True)
-                if per_group:
-                    for gi in range(len(labels)):
-                        sel = [i for i in range(len(calls)) if int(gidx[i]) == gi]
-                        part = sum((calls[i].output[n:] * weighted[i]).sum() for i in sel)
-                        (gm,) = torch.autograd.grad(part, x1, retain_graph=True)
-                        maps[:, j, gi] = gm.sum(1)
             inputs.append((row * source).sum(1))
             biases.append(back.sum(1))
     input_term = torch.stack(inputs, 1).detach()
