@@ -144,3 +144,16 @@ def test_config_roundtrip_rebuilds_the_same_network():
     x = torch.rand(2, 3, 16, 16)
     torch.testing.assert_close(clone(x), model(x))
     assert clone.config == model.config and clone.config.gamma == pytest.approx(cifar_gamma(1.75))
+
+
+def test_width_scaled_gamma_keeps_the_full_width_signal_scale():
+    from linearlens.models import cifar_gamma, create_model
+
+    full = create_model("bcos_cifar", b=2.0, width=1.0, width_scaled_gamma=True)
+    assert all(layer.scale == pytest.approx(cifar_gamma(2.0)) for layer in full.features)
+    narrow = create_model("bcos_cifar", b=2.5, width=0.5, width_scaled_gamma=True)
+    plain = create_model("bcos_cifar", b=2.5, width=0.5)
+    # First layer: same 6-channel input at every width; later layers: gamma * 0.5^((B-1)/2).
+    assert narrow.features[0].scale == pytest.approx(plain.features[0].scale)
+    for a, b in zip(list(narrow.features)[1:], list(plain.features)[1:]):
+        assert a.scale == pytest.approx(b.scale * 0.5 ** 0.75)

@@ -35,7 +35,7 @@ def config_from_args(args: argparse.Namespace, model: str = "bcos_cifar") -> Tra
     return TrainConfig(
         out_dir=args.out,
         model=model,
-        model_args={"b": args.b, "max_out": args.max_out, "width": args.width},
+        model_args={"b": args.b, "max_out": args.max_out, "width": args.width, "width_scaled_gamma": True},
         data=args.data,
         train_limit_per_class=args.train_per_class,
         test_limit_per_class=args.test_per_class,

@@ -41,7 +41,17 @@ def cifar_temperature(b: float) -> float:
 
 @dataclass
 class BcosCifarConfig:
-    """Everything that defines a :class:`BcosCifarNet`; stored as JSON next to checkpoints."""
+    """Everything that defines a :class:`BcosCifarNet`; stored as JSON next to checkpoints.
+
+    ``width_scaled_gamma`` adapts App. C.1.1's per-layer scale to narrow networks.  A B-cos unit's
+    output is about ``gamma * ||patch|| * |cos|^B`` and a random direction has ``|cos| ~ d^(-1/2)``
+    for fan-in ``d``, so a layer's gain goes as ``gamma * d^((1-B)/2)``.  Narrowing a network by
+    ``width`` therefore multiplies every layer's gain by ``width^((1-B)/2)``: about 16x over the
+    network at width 0.5 and B = 2, enough to make BCE training diverge.  With the flag set, each
+    layer uses ``gamma * (d_narrow / d_full)^((B-1)/2)``, which keeps the full-width network's signal
+    scale (the same rule as App. C.1.2's ``gamma = s / sqrt(d)`` for B = 2).  It changes nothing at
+    width 1.  A B-cos network is 1-homogeneous, so this only rescales the logits, like T does.
+    """
 
     b: float = 2.0
     max_out: int = 2
@@ -51,6 +61,7 @@ class BcosCifarConfig:
     temperature: float | None = None
     logit_bias: float = field(default_factory=lambda: math.log(0.1 / 0.9))
     in_channels: int = 3
+    width_scaled_gamma: bool = False
 
     def resolved(self) -> BcosCifarConfig:
         """A copy with gamma and temperature filled in from App. C.1.1 where they were left unset."""
@@ -96,9 +107,11 @@ class BcosCifarNet(nn.Module):
         cfg = self.config
         self.encoding = AddInverse(cfg.in_channels)
         channels = [max(1, round(c * cfg.width)) for c in CHANNELS] + [cfg.num_classes]
+        full_inputs = [2 * cfg.in_channels, *CHANNELS]
         layers, c_in = [], 2 * cfg.in_channels
-        for k, s, p, c_out in zip(KERNELS, STRIDES, PADDINGS, channels):
-            layers.append(BcosConv2d(c_in, c_out, k, s, p, b=cfg.b, max_out=cfg.max_out, scale=cfg.gamma))
+        for k, s, p, c_out, c_full in zip(KERNELS, STRIDES, PADDINGS, channels, full_inputs):
+            gamma = cfg.gamma * (c_in / c_full) ** ((cfg.b - 1) / 2) if cfg.width_scaled_gamma else cfg.gamma
+            layers.append(BcosConv2d(c_in, c_out, k, s, p, b=cfg.b, max_out=cfg.max_out, scale=gamma))
             c_in = c_out
         self.features = nn.Sequential(*layers)
         self.logits = LogitLayer(cfg.temperature, cfg.logit_bias)
