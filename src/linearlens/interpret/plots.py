@@ -15,11 +15,11 @@ from .decomposition import PixelDiscussion, pixel_votes
 __all__ = ["contribution_bars", "pixel_vote_grid", "signed_image"]
 
 
-def signed_image(t: Tensor) -> Tensor:
-    """A signed map ``(C, H, W)`` or ``(H, W)`` scaled to ``[0, 1]`` with 0 at 0.5, channels last for display."""
-    t = t.detach().double()
+def signed_image(t: Tensor):
+    """A signed map ``(C, H, W)`` or ``(H, W)`` scaled to ``[0, 1]`` with 0 at 0.5, as a channels-last array."""
+    t = t.detach().double().cpu()
     out = (0.5 + 0.5 * t / t.abs().max().clamp_min(1e-12)).clamp(0, 1)
-    return out.permute(1, 2, 0) if out.dim() == 3 else out
+    return (out.permute(1, 2, 0) if out.dim() == 3 else out).numpy()
 
 
 def contribution_bars(ax, table: Tensor, columns: Sequence[str], title: str = "") -> None:
@@ -27,7 +27,9 @@ def contribution_bars(ax, table: Tensor, columns: Sequence[str], title: str = ""
 
     ``table`` and ``columns`` come from :meth:`BiasContributions.table` (one explained score per image).
     """
-    mean, std = table.mean(0).numpy(), table.std(0).numpy() if table.shape[0] > 1 else 0 * table[0].numpy()
+    table = table.detach().cpu()
+    mean = table.mean(0).numpy()
+    std = table.std(0).numpy() if table.shape[0] > 1 else 0 * mean
     colours = ["tab:green"] + ["tab:blue"] * (len(columns) - 2) + ["grey"]
     ax.bar(range(len(columns)), mean, yerr=std, color=colours, capsize=3)
     ax.axhline(0, color="k", lw=0.5)
@@ -57,7 +59,7 @@ def pixel_vote_grid(
     fig, axes = plt.subplots(n, 5, figsize=(10, 2.2 * n), squeeze=False)
     summary = []
     for r in range(n):
-        img = images[r].detach().clamp(0, 1).permute(1, 2, 0)
+        img = images[r].detach().cpu().clamp(0, 1).permute(1, 2, 0).numpy()
         axes[r, 0].imshow(img, interpolation="nearest")
         axes[r, 0].set_title(labels[r] if labels else f"image {r}", fontsize=8)
         entry: dict = {}
@@ -68,8 +70,8 @@ def pixel_vote_grid(
                                   interpolation="nearest")
             axes[r, 1 + j].set_title(f"PD {class_names[cls]} ({float(discussion.scores[r, k]):.1f})", fontsize=8)
             mask = (votes[r] == cls).to(images.dtype)
-            axes[r, 3 + j].imshow((images[r] * (0.15 + 0.85 * mask)).clamp(0, 1).permute(1, 2, 0),
-                                  interpolation="nearest")
+            dimmed = (images[r].detach().cpu() * (0.15 + 0.85 * mask.cpu())).clamp(0, 1).permute(1, 2, 0)
+            axes[r, 3 + j].imshow(dimmed.numpy(), interpolation="nearest")  # pixels voting elsewhere dimmed
             share = float(mask.mean())
             axes[r, 3 + j].set_title(f"votes {class_names[cls]}: {share:.0%}", fontsize=8)
             entry[f"top{j + 1}"] = {"class": class_names[cls], "score": float(discussion.scores[r, k]),
