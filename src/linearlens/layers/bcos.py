@@ -24,6 +24,16 @@ __all__ = ["BcosConv2d", "BcosLinear", "LogitLayer"]
 
 _EPS = 1e-6
 _PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+# Elementwise work on activations is done in batch chunks of about this size: the temporaries stay in
+# cache and are recycled by the allocator, where a full-size temporary costs fresh pages (page faults
+# cost more than the arithmetic on a VM) and one more pass through memory.
+_CHUNK_BYTES = 1 << 21
+
+
+def _batch_chunk(t: Tensor) -> int:
+    """How many samples of ``t`` make one chunk of about ``_CHUNK_BYTES``."""
+    per_sample = t[0].numel() * t.element_size() if t.shape[0] else 1
+    return max(1, _CHUNK_BYTES // max(1, per_sample))
 
 
 def _reject_unknown(cls_name: str, unknown: dict, known: Sequence[str]) -> None:
@@ -202,10 +212,18 @@ class BcosConv2d(_BcosUnit):
 
     def _channel_squares(self, x: Tensor) -> Tensor:
         """``sum_c x_c^2`` within each group, shape ``(N, groups, H, W)``."""
-        squared = x * x
-        if self.groups == 1:
-            return squared.sum(1, keepdim=True)
-        return squared.unflatten(1, (self.groups, -1)).sum(2)
+        if torch.is_grad_enabled() and x.requires_grad:
+            squared = x * x
+            return squared.sum(1, keepdim=True) if self.groups == 1 else squared.unflatten(1, (self.groups, -1)).sum(2)
+        out = x.new_empty(x.shape[0], self.groups, *x.shape[2:])
+        step = _batch_chunk(x)
+        for part, into in zip(x.split(step), out.split(step)):
+            squared = part * part
+            if self.groups == 1:
+                torch.sum(squared, 1, keepdim=True, out=into)
+            else:
+                torch.sum(squared.unflatten(1, (self.groups, -1)), 2, out=into)
+        return out
 
     def _window_geometry(self, height: int, width: int) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
         """Zero padding the windows see, padded input size and output size, for an input ``height x width``."""
@@ -253,22 +271,41 @@ class BcosConv2d(_BcosUnit):
         """
         return self._patch_sums(self._channel_squares(x)).clamp_min(_EPS * _EPS).sqrt()
 
-    def _dynamic_factor(self, linear_out: Tensor, denominator: Tensor) -> Tensor:
-        """``gamma * (|w_hat^T x| / (||x_patch|| + eps))^(B-1)``: the dynamic scale of Eq. (11) times the
-        fixed scale gamma, for ``denominator = ||x_patch|| + eps`` of shape ``(N, groups, H', W')``.
+    def _multiplier(self, denominator: Tensor) -> Tensor:
+        """The per-position part of the dynamic scale, from ``denominator = ||x_patch|| + eps``
+        (``(N, groups, H', W')``, small): ``gamma / d`` for B = 2, ``1 / d`` otherwise."""
+        multiplier = self.scale / denominator if self.b == 2 else denominator.reciprocal()
+        return multiplier if self.groups == 1 else multiplier.unsqueeze(2)
 
-        Not differentiable (written with in-place operations): for frozen decisions, inference and
-        the forward pass of :class:`_BcosConv2dLive`.
+    def _dynamic_factor(
+        self, linear_out: Tensor, multiplier: Tensor, out: Tensor | None = None, gain: float = 1.0
+    ) -> Tensor:
+        """``gain * gamma * (|w_hat^T x| / (||x_patch|| + eps))^(B-1)``: the dynamic scale of Eq. (11) times
+        the fixed scale gamma, with ``multiplier`` from :meth:`_multiplier`.
+
+        Written into ``out`` if given.  Not differentiable (in-place operations): for frozen decisions,
+        inference and :class:`_BcosConv2dLive`.
         """
         grouped = linear_out if self.groups == 1 else linear_out.unflatten(1, (self.groups, -1))
-        denom = denominator if self.groups == 1 else denominator.unsqueeze(2)
+        factor = torch.abs(grouped, out=out if out is None or self.groups == 1 else out.view_as(grouped))
         if self.b == 2:
-            factor = grouped.abs().mul_(self.scale / denom) if self.scale != 1 else grouped.abs().div_(denom)
+            factor.mul_(multiplier if gain == 1 else multiplier * gain)
         else:
-            factor = grouped.abs().div_(denom).pow_(self.b - 1)
-            if self.scale != 1:
-                factor.mul_(self.scale)
-        return factor if self.groups == 1 else factor.flatten(1, 2)
+            factor.mul_(multiplier).pow_(self.b - 1)
+            if self.scale * gain != 1:
+                factor.mul_(self.scale * gain)
+        return factor if self.groups == 1 else factor.view_as(linear_out)
+
+    def _scale_in_place(self, linear_out: Tensor, denominator: Tensor) -> Tensor:
+        """``linear_out *= gamma |cos|^(B-1)`` (Eq. (9)), chunk by chunk with one small temporary."""
+        step = _batch_chunk(linear_out)
+        multiplier = self._multiplier(denominator)
+        factor = None
+        for part, mult in zip(linear_out.split(step), multiplier.split(step)):
+            if factor is None or factor.shape != part.shape:
+                factor = torch.empty_like(part)
+            part.mul_(self._dynamic_factor(part, mult, out=factor))
+        return linear_out
 
     def _maxout(self, linear_out: Tensor) -> Tensor:
         """MaxOut over the ``max_out`` units of every output channel (Eq. (17)).
@@ -308,7 +345,7 @@ class BcosConv2d(_BcosUnit):
         return (units * decide(self._frozen_selection, linear, xp)).sum(2)
 
     def _frozen_factor(self, linear_out: Tensor, x_padded: Tensor) -> Tensor:
-        return self._dynamic_factor(linear_out, self.patch_norm(x_padded) + _EPS)
+        return self._dynamic_factor(linear_out, self._multiplier(self.patch_norm(x_padded) + _EPS))
 
     def _frozen_selection(self, linear_out: Tensor, x_padded: Tensor) -> Tensor:
         """Per unit, ``gamma |cos|^(B-1)`` for the MaxOut winner and 0 for the others, ``(N, C, max_out, H', W')``.
@@ -331,7 +368,7 @@ class BcosConv2d(_BcosUnit):
         if self.b == 1:
             factor = torch.full_like(best, self.scale)
         else:
-            factor = self._dynamic_factor(best, self.patch_norm(x_padded) + _EPS)
+            factor = self._dynamic_factor(best, self._multiplier(self.patch_norm(x_padded) + _EPS))
         selection = factor.new_empty(units.shape)
         if self.max_out == 2:
             torch.mul(factor, second_wins, out=selection[:, :, 1])
@@ -342,10 +379,10 @@ class BcosConv2d(_BcosUnit):
         return selection
 
     def _live_inference(self, xp: Tensor, w_hat: Tensor, padding: tuple[int, int]) -> Tensor:
-        """Eq. (9) without autograd: the scale is built and applied in place, in the output's buffer."""
+        """Eq. (9) without autograd: the scale is applied in place, in the output's buffer."""
         out = self._maxout(F.conv2d(xp, w_hat, None, self.stride, padding, self.dilation, self.groups))
         denominator = self._patch_sums(self._channel_squares(xp)).clamp_min_(_EPS * _EPS).sqrt_().add_(_EPS)
-        return self._dynamic_factor(out, denominator).mul_(out)
+        return self._scale_in_place(out, denominator)
 
     def _live_reference(self, xp: Tensor, w_hat: Tensor, padding: tuple[int, int]) -> Tensor:
         """Eq. (9) composed of differentiable operations: for torch.func transforms and double backward."""
@@ -393,21 +430,34 @@ class _BcosConv2dLive(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, xp: Tensor, w_hat: Tensor, layer: BcosConv2d, padding: tuple[int, int]) -> Tensor:
-        linear_full = F.conv2d(xp, w_hat, None, layer.stride, padding, layer.dilation, layer.groups)
-        linear = layer._maxout(linear_full)
+        linear = F.conv2d(xp, w_hat, None, layer.stride, padding, layer.dilation, layer.groups)
+        winners = None
+        if layer.max_out > 1:
+            units = linear.unflatten(1, (layer.out_units, layer.max_out))
+            linear = units.amax(2)
+            winners = units == linear.unsqueeze(2)  # kept instead of the units: 1 byte per unit
+            del units
         channel_squares = layer._channel_squares(xp)
         sums = layer._patch_sums(channel_squares)
         norm = sums.clamp_min(_EPS * _EPS).sqrt()
         denominator = norm + _EPS
-        factor = layer._dynamic_factor(linear, denominator)
+        multiplier = layer._multiplier(denominator)
+        # The scale t and the output t o are built chunk by chunk (the chunk of t stays in cache); t is
+        # not kept: the backward pass rebuilds it, which costs less than storing and re-reading it.
+        out, step, factor = torch.empty_like(linear), _batch_chunk(linear), None
+        for lin, mult, into in zip(linear.split(step), multiplier.split(step), out.split(step)):
+            if factor is None or factor.shape != lin.shape:
+                factor = torch.empty_like(lin)
+            torch.mul(lin, layer._dynamic_factor(lin, mult, out=factor), out=into)
         ctx.layer, ctx.padding = layer, padding
-        ctx.save_for_backward(xp, w_hat, linear_full, linear, factor, sums, norm, denominator, channel_squares)
-        return linear * factor
+        # The output itself is not saved, so that it may be modified in place (``out += identity``).
+        ctx.save_for_backward(xp, w_hat, winners, linear, multiplier, sums, norm, denominator, channel_squares)
+        return out
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
         layer, padding = ctx.layer, ctx.padding
-        xp, w_hat, linear_full, linear, factor, sums, norm, denominator, channel_squares = ctx.saved_tensors
+        xp, w_hat, winners, linear, multiplier, sums, norm, denominator, channel_squares = ctx.saved_tensors
         need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         if torch.is_grad_enabled() or _is_batched(grad_out):
             # create_graph=True or is_grads_batched=True: differentiate the differentiable composition
@@ -418,28 +468,33 @@ class _BcosConv2dLive(torch.autograd.Function):
                 out = layer._live_reference(xp, w_hat, padding)
                 grads = iter(torch.autograd.grad(out, inputs, grad_out, create_graph=create_graph))
             return (next(grads) if need_x else None), (next(grads) if need_w else None), None, None
-        b = layer.b
-        # dy/do = B t; addcmul with a 0-dim input does the product and the factor B in one pass.
-        grad_linear = torch.addcmul(grad_out.new_zeros(()), grad_out, factor, value=b)
+        b, groups = layer.b, layer.groups
+        step = _batch_chunk(linear)
+        grad_linear = torch.empty_like(linear)  # dL/do = B t dL/dy
+        for lin, mult, grad, into in zip(
+            linear.split(step), multiplier.split(step), grad_out.split(step), grad_linear.split(step)
+        ):
+            layer._dynamic_factor(lin, mult, out=into, gain=b).mul_(grad)
         grad_full = grad_linear
-        if layer.max_out > 1:
-            units = linear_full.unflatten(1, (layer.out_units, layer.max_out))
-            winners = units == linear.unsqueeze(2)
+        if winners is not None:
             spread = grad_linear.unsqueeze(2)
             if int(winners.sum()) != linear.numel():
                 spread = spread / winners.sum(2, keepdim=True)  # ties share the gradient, as amax does
             grad_full = torch.where(winners, spread, grad_linear.new_zeros(())).flatten(1, 2)
         grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
-            grad_full, xp, w_hat, None, layer.stride, padding, layer.dilation, False, [0, 0], layer.groups,
+            grad_full, xp, w_hat, None, layer.stride, padding, layer.dilation, False, [0, 0], groups,
             (need_x, need_w, False),
         )
         if need_x:
             # dL/dd = (1 - B)/d sum_c g y = (1 - B)/(B d) sum_c (dL/do) o; through d = sqrt(S) + eps and
             # S = sum over the patch of x^2: dL/dx = x * adjoint_pool(dL/dd / ||x_patch||).
-            product = grad_linear * linear
-            per_group = (
-                product.sum(1, keepdim=True) if layer.groups == 1 else product.unflatten(1, (layer.groups, -1)).sum(2)
-            )
+            per_group = linear.new_empty(linear.shape[0], groups, *linear.shape[2:])
+            for grad, lin, into in zip(grad_linear.split(step), linear.split(step), per_group.split(step)):
+                product = grad.mul_(lin)  # dL/do is not needed any more: its buffer is reused
+                if groups == 1:
+                    torch.sum(product, 1, keepdim=True, out=into)
+                else:
+                    torch.sum(product.unflatten(1, (groups, -1)), 2, out=into)
             per_group.mul_((1 - b) / b).div_(denominator * norm).mul_(sums >= _EPS * _EPS)
             spread_back = layer._patch_sums_transposed(per_group, channel_squares)
             if layer.groups == 1:
