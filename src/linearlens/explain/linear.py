@@ -58,16 +58,25 @@ def rows_of(selected: Tensor, source: Tensor) -> Tensor:
 
     One backward pass per explained output, each batched over the images; the graph is kept
     between passes so the forward pass is shared.  Returns ``(N, K, *source.shape[1:])``.
+
+    A single ``torch.autograd.grad(..., is_grads_batched=True)`` over the K columns is slower on CPU
+    (bcos_cifar, 64 images, K = 10: 1.5-2.4x the time of this loop, see ``benchmarks/bench_explain.py
+    --compare-batched-rows``), so the loop is kept.  Each row is copied into the result as soon as it
+    is computed, so that at most one extra gradient is alive at a time.
     """
     k = selected.shape[1]
-    rows = []
+    rows = source.new_empty(source.shape[0], k, *source.shape[1:])
     # The column selection must be recorded even when the caller runs under torch.no_grad().
     with torch.enable_grad():
         for j in range(k):
             column = selected[:, j].sum()
             (grad,) = torch.autograd.grad(column, source, retain_graph=j < k - 1, allow_unused=True)
-            rows.append(torch.zeros_like(source) if grad is None else grad)
-    return torch.stack(rows, dim=1)
+            if grad is None:
+                rows[:, j] = 0
+            else:
+                rows[:, j] = grad
+                del grad
+    return rows
 
 
 def linear_explanation(
