@@ -123,6 +123,14 @@ def test_integrated_gradients_is_complete(bcos, images):
     assert torch.allclose(e.attributions.sum((2, 3)), e.outputs - b, rtol=2e-2, atol=1e-3 * e.outputs.abs().max())
 
 
+def test_integrated_gradients_equal_input_x_gradient_on_a_homogeneous_bcos_network(bcos, images):
+    # Without biases a B-cos network is positively homogeneous of degree 1 (f(a x) = a f(x)), so its
+    # gradient is constant along the ray from the zero baseline and IG reduces to input x gradient.
+    ig = explain(bcos, images, [4, 5, 6], method="ig", n_steps=5)
+    ixg = explain(bcos, images, [4, 5, 6], method="ixg")
+    assert torch.allclose(ig.attributions, ixg.attributions, rtol=1e-3, atol=1e-4 * ixg.attributions.abs().max())
+
+
 def test_module_hook_methods_reduce_to_gradients_without_relu_modules(bcos, relu_net, images):
     ixg = explain(bcos, images, 3, method="ixg")
     assert torch.allclose(explain(bcos, images, 3, method="deeplift").attributions, ixg.attributions, atol=1e-6)
