@@ -187,8 +187,11 @@ def evaluate_all(args: argparse.Namespace) -> None:
             results["methods"][method]["bcos_better"] = float((inherent > scores).float().mean())
             results["methods"][method]["bcos_minus_method"] = float((inherent - scores).mean())
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    scores_out = {"per_b": {k: v.mul(1e5).round().div(1e5).tolist() for k, v in per_b_scores.items()},
-                  "methods": {k: v.mul(1e5).round().div(1e5).tolist() for k, v in method_scores.items()}}
+    def rounded(t: torch.Tensor) -> list:
+        return [[round(v, 5) for v in row] for row in t.tolist()]
+
+    scores_out = {"per_b": {k: rounded(v) for k, v in per_b_scores.items()},
+                  "methods": {k: rounded(v) for k, v in method_scores.items()}}
     (out / "scores.json").write_text(json.dumps(scores_out) + "\n")
     write_report(results, args)
 
