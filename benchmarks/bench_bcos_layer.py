@@ -51,8 +51,11 @@ def keep_freed_memory() -> bool:
     if name is None:
         return False
     libc = ctypes.CDLL(name)
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    return bool(libc.mallopt(m_mmap_threshold, 1 << 30)) and bool(libc.mallopt(m_trim_threshold, 1 << 40))
+    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
+    return all(
+        libc.mallopt(option, value)
+        for option, value in ((m_mmap_threshold, 1 << 30), (m_trim_threshold, 1 << 40), (m_top_pad, 1 << 28))
+    )
 
 
 def load_bcos_package() -> tuple[type | None, str]:
@@ -129,7 +132,9 @@ def forward_backward_fn(layer: nn.Module, x: Tensor, grad_out: Tensor) -> Callab
     return run
 
 
-def time_interleaved(cases: dict[str, Callable[[], None]], repeats: int, warmup: int) -> dict[str, list[float]]:
+def time_interleaved(
+    cases: dict[str, Callable[[], None]], repeats: int, warmup: int, clock: Callable[[], float] = time.perf_counter
+) -> dict[str, list[float]]:
     """Seconds per call of every case; each round runs every case once, in a rotating order."""
     names = list(cases)
     for _ in range(warmup):
@@ -139,9 +144,9 @@ def time_interleaved(cases: dict[str, Callable[[], None]], repeats: int, warmup:
     for r in range(repeats):
         order = names[r % len(names):] + names[: r % len(names)]
         for name in order:
-            start = time.perf_counter()
+            start = clock()
             cases[name]()
-            times[name].append(time.perf_counter() - start)
+            times[name].append(clock() - start)
     return times
 
 
@@ -159,7 +164,14 @@ def main(argv: list[str] | None = None) -> int:
         "--keep-freed-memory", action="store_true",
         help="mallopt: never return freed memory to the OS (times without page-fault costs)",
     )
+    parser.add_argument(
+        "--clock", choices=("wall", "cpu"), default="wall",
+        help="wall: elapsed time (default); cpu: this thread's CPU time, which a busy machine does not "
+        "inflate (needs --threads 1)",
+    )
     args = parser.parse_args(argv)
+    if args.clock == "cpu" and args.threads != 1:
+        parser.error("--clock cpu measures one thread: use it with --threads 1")
     kept = keep_freed_memory() if args.keep_freed_memory else False
     if args.repeats < 10:
         parser.error("--repeats must be at least 10")
@@ -194,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
         cases[f"{name}/forward"] = forward_fn(layer, x)
         cases[f"{name}/forward_backward"] = forward_backward_fn(layer, x, grad_out)
     load_before = os.getloadavg()[0]
-    times = time_interleaved(cases, args.repeats, args.warmup)
+    clock = time.thread_time if args.clock == "cpu" else time.perf_counter
+    times = time_interleaved(cases, args.repeats, args.warmup, clock)
     load_after = os.getloadavg()[0]
 
     med = {k: statistics.median(v) for k, v in times.items()}
@@ -206,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         "max_out": args.max_out,
         "threads": args.threads,
         "keep_freed_memory": kept,
+        "clock": args.clock,
         "repeats": args.repeats,
         "torch": torch.__version__,
         "machine": platform.processor() or platform.machine(),

@@ -127,8 +127,11 @@ def keep_freed_memory() -> bool:
     if name is None:
         return False
     libc = ctypes.CDLL(name)
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    return bool(libc.mallopt(m_mmap_threshold, 1 << 30)) and bool(libc.mallopt(m_trim_threshold, 1 << 40))
+    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
+    return all(
+        libc.mallopt(option, value)
+        for option, value in ((m_mmap_threshold, 1 << 30), (m_trim_threshold, 1 << 40), (m_top_pad, 1 << 28))
+    )
 
 
 # --- linearlens cases -----------------------------------------------------------------------------------
