@@ -49,6 +49,7 @@ def test_evaluates_a_saved_checkpoint_with_the_degradation_metric(tmp_path):
     assert code == 0
     results = json.loads((out / "results.json").read_text())
     assert len(results["methods"]["bcos"]["mean_curve"]) == 5
+    assert "random order" in results["methods"]  # the reference ordering
     assert results["model"] == str(tmp_path / "run")
 
 

@@ -2,8 +2,9 @@
 
 Writes ``results.json`` (a summary table per method), ``scores.json`` (every score) and
 ``boxplot.png`` to ``--out``.  Metrics: ``grid-pointing`` (grid pointing game, Sec. 4 and
-App. C.2.1 of the B-cos paper) and ``degradation`` (MoRF pixel flipping, area under the curve of
-the predicted class's probability; lower is better).
+App. C.2.1 of the B-cos paper) and ``degradation`` (MoRF pixel flipping of ``--images`` images spread
+evenly over the set, area under the curve of the predicted class's softmax probability when 4x4
+patches are replaced by their mean colour; lower is better).
 """
 
 from __future__ import annotations
@@ -122,7 +123,9 @@ def run(args: argparse.Namespace) -> int:
             table[method] = {**summarize(s), "seconds_per_image": sec}
         ylabel = "grid pointing score"
     else:
-        images = data.images[: args.images]
+        # Evenly spaced over the set, which folder-ordered sources sort by class.
+        pick = torch.linspace(0, len(data) - 1, min(args.images, len(data))).round().long()
+        images, labels = data.images[pick], data.labels[pick]
         settings.update(images=len(images), patch_size=args.patch_size, steps=args.steps, order="morf")
         for method in tqdm(methods, desc="methods", disable=not progress):
             try:
@@ -135,7 +138,13 @@ def run(args: argparse.Namespace) -> int:
             s = area_under_curve(curves, steps)
             scores[method] = s
             table[method] = {**summarize(s), "seconds_per_image": sec, "mean_curve": curves.mean(0).tolist()}
-        accuracy = float((classify(model, images).argmax(1) == data.labels[: args.images]).float().mean())
+        # Reference: patches removed in random order (the attribution is then ignored).
+        curves, steps, _ = degradation_scores(model, images, "gradcam", {}, args.patch_size, args.steps, "random",
+                                              args.batch_size, args.seed, False)
+        scores["random order"] = area_under_curve(curves, steps)
+        table["random order"] = {**summarize(scores["random order"]), "seconds_per_image": 0.0,
+                                 "mean_curve": curves.mean(0).tolist()}
+        accuracy = float((classify(model, images).argmax(1) == labels).float().mean())
         ylabel = "MoRF AUC (lower is better)"
 
     command = reproducing_command(args)
@@ -147,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
     (out / "scores.json").write_text(json.dumps({k: v.tolist() for k, v in scores.items()}) + "\n")
     if scores:
         box_plot(scores, out / "boxplot.png", f"{args.metric} - {model_name}", ylabel)
-    width = max(len(m) for m in methods)
+    width = max(len(m) for m in table)
     print(f"{'method':<{width}}  {'mean':>7}  {'median':>7}  {'s/image':>8}")
     for method, row in table.items():
         if "error" in row:
