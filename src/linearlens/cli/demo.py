@@ -35,6 +35,6 @@ def run(args: argparse.Namespace) -> int:
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("demo", help="main job: train on the embedded data and explain a few test images")
-    add_training_arguments(parser, epochs=8, width=0.25, out="runs/demo")
+    add_training_arguments(parser, epochs=30, width=0.25, out="runs/demo")
     parser.add_argument("--images", type=int, default=6, help="number of test images to explain")
     parser.set_defaults(func=run)
