@@ -10,15 +10,12 @@ from pathlib import Path
 import torch
 
 from ..data import load_cifar10
-from ..training import train
 from .explain import write_explanations
-from .train import add_training_arguments, config_from_args
+from .train import add_training_arguments, train_and_report
 
 
 def run(args: argparse.Namespace) -> int:
-    metrics = train(config_from_args(args), resume=not args.no_resume, progress=not args.quiet)
-    model = metrics.pop("model")
-    print(f"test accuracy: {metrics['test_accuracy']:.4f} on {metrics['test_images']} embedded CIFAR-10 test images")
+    metrics, model = train_and_report(args)
     test = load_cifar10(args.data, "test")
     # One image of each of the first few classes, so the picture shows different objects.
     picks = [int(torch.nonzero(test.labels == c)[0]) for c in range(min(args.images, 10))]

@@ -48,10 +48,16 @@ def config_from_args(args: argparse.Namespace, model: str = "bcos_cifar") -> Tra
     )
 
 
-def run(args: argparse.Namespace) -> int:
+def train_and_report(args: argparse.Namespace):
+    """Train as the arguments say and print the test accuracy; returns ``(metrics, model)``."""
     metrics = train(config_from_args(args), resume=not args.no_resume, progress=not args.quiet)
-    metrics.pop("model")
-    print(f"test accuracy: {metrics['test_accuracy']:.4f} ({metrics['test_images']} test images)")
+    model = metrics.pop("model")
+    print(f"test accuracy: {metrics['test_accuracy']:.4f} on {metrics['test_images']} test images ({args.data})")
+    return metrics, model
+
+
+def run(args: argparse.Namespace) -> int:
+    metrics, _ = train_and_report(args)
     print(json.dumps(metrics))
     return 0
 
