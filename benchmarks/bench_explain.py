@@ -38,6 +38,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from bench_bcos_layer import keep_freed_memory  # same folder: run as a script
 from linearlens.data import load_cifar10
 from linearlens.explain import explain
 from linearlens.explain.linear import frozen_forward, rows_of
@@ -115,23 +116,6 @@ def package_explain_fn(net: nn.Module, encoded: Tensor, images: int, core_only: 
                 (leaf * grad).sum(1)
 
     return core if core_only else full
-
-
-def keep_freed_memory() -> bool:
-    """``mallopt``: glibc keeps freed memory instead of returning it to the OS (no page-fault costs;
-    see ``bench_bcos_layer.py``).  Returns whether the setting was applied."""
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return False
-    libc = ctypes.CDLL(name)
-    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
-    return all(
-        libc.mallopt(option, value)
-        for option, value in ((m_mmap_threshold, 1 << 30), (m_trim_threshold, 1 << 40), (m_top_pad, 1 << 28))
-    )
 
 
 # --- linearlens cases -----------------------------------------------------------------------------------

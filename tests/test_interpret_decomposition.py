@@ -12,27 +12,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from helpers_nets import randomise_bn
 from linearlens.interpret import LinearScope, bias_contributions, pixel_discussions, pixel_votes
 from linearlens.models import create_model
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _randomise_bn(model: nn.Module) -> nn.Module:
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.5, 0.5)
-    return model
+# Tiny networks: one thread is fastest and immune to other jobs on the machine.
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _sequential() -> nn.Sequential:
@@ -41,7 +26,7 @@ def _sequential() -> nn.Sequential:
         nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2),
         nn.Conv2d(4, 5, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(5 * 4 * 4, 3),
     )
-    return _randomise_bn(model).double().eval()
+    return randomise_bn(model).double().eval()
 
 
 def _images(n: int = 2) -> torch.Tensor:
@@ -135,7 +120,7 @@ class _Dag(nn.Module):
 
 def _dag(glue: float = 0.0) -> nn.Module:
     torch.manual_seed(9)
-    return _randomise_bn(_Dag(glue)).double().eval()
+    return randomise_bn(_Dag(glue)).double().eval()
 
 
 @pytest.mark.parametrize("glue", [0.0, 0.3])

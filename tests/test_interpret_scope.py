@@ -13,30 +13,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from helpers_nets import randomise_bn
 from linearlens.engine import UninterpretableOperationError
 from linearlens.explain import explain
 from linearlens.interpret import LinearScope, run_two_batch
 from linearlens.models import create_model
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # These networks are tiny: one thread is fastest and immune to other jobs on the machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _randomise_bn(model: nn.Module) -> nn.Module:
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.5, 0.5)
-    return model
+# Tiny networks: one thread is fastest and immune to other jobs on the machine.
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 class PiecewiseNet(nn.Module):
@@ -88,7 +72,7 @@ class MixedNet(PiecewiseNet):
 
 def _net(cls: type[nn.Module]) -> nn.Module:
     torch.manual_seed(1)
-    return _randomise_bn(cls()).double().eval()
+    return randomise_bn(cls()).double().eval()
 
 
 def _images(n: int = 2, size: int = 8) -> torch.Tensor:
