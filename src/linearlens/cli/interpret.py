@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from ..data import load_cifar10
+from ..figures import pyplot, save_figure
 from ..interpret import LinearScope, bias_contributions, pixel_discussions
 from ..interpret.plots import contribution_bars, pixel_vote_grid
 from ..models import create_model, list_models
@@ -32,11 +33,7 @@ def _model(args: argparse.Namespace) -> torch.nn.Module:
 
 
 def run(args: argparse.Namespace) -> int:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     model = _model(args).eval()
     data = load_cifar10(args.data, args.split)
     out = Path(args.out)
@@ -66,9 +63,7 @@ def run(args: argparse.Namespace) -> int:
     fig, ax = plt.subplots(figsize=(6, 3.6))
     contribution_bars(ax, table[:, 0], columns, f"contributions to the top-1 score, {len(stats)} images\n"
                       f"residual share {float(share.mean()):.0%} ± {float(share.std()):.0%}")
-    fig.tight_layout()
-    fig.savefig(out / "contributions.png", dpi=130)
-    plt.close(fig)
+    save_figure(fig, out / "contributions.png", dpi=130)
 
     sub = data.subset(args.indices)
     images = sub.to_float()

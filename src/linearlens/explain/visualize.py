@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..figures import pyplot, save_figure
 from .explanation import Explanation
 
 __all__ = ["weights_to_rgba", "contribution_heatmap", "save_explanation_grid"]
@@ -72,11 +73,7 @@ def save_explanation_grid(
 ) -> Path:
     """Save a PNG with one row per image: the image, then per explained output the decoded ``W(x)``
     (for 6-channel linear explanations) and the signed contribution map."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     n, k = explanation.attributions.shape[:2]
     colour = explanation.weights is not None and explanation.weights.shape[2] == 6
     per_target = 2 if colour else 1
@@ -99,9 +96,4 @@ def save_explanation_grid(
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

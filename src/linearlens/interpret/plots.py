@@ -10,6 +10,7 @@ from pathlib import Path
 
 from torch import Tensor
 
+from ..figures import pyplot, save_figure
 from .decomposition import PixelDiscussion, pixel_votes
 
 __all__ = ["contribution_bars", "pixel_vote_grid", "signed_image"]
@@ -48,11 +49,7 @@ def pixel_vote_grid(
     ``discussion`` must explain every class (``target="all"``) so that the votes compare all classes.
     Returns, per image, the top-2 classes with their scores and vote shares.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     votes = pixel_votes(discussion)
     order = discussion.scores.argsort(1, descending=True)
     n = images.shape[0]
@@ -80,9 +77,6 @@ def pixel_vote_grid(
         for ax in axes[r]:
             ax.axis("off")
     fig.suptitle(title or "pixel discussions (Eq. 18; red +, blue -) and pixel votes", fontsize=8)
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    save_figure(fig, path, dpi=130)
     return {"images": summary, "votes": votes}
 

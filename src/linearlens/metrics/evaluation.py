@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..explain import explain
+from ..figures import pyplot, save_figure
 from .degradation import degradation_curve
 from .pointing_game import Grids, grid_pointing_game, make_grids
 
@@ -129,11 +130,7 @@ def summarize(scores: Tensor) -> dict[str, float]:
 
 def box_plot(results: dict[str, Tensor], path: str | Path, title: str, ylabel: str) -> Path:
     """A box plot (PNG) of one score distribution per entry of ``results``, in order."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     names: Sequence[str] = list(results)
     fig, ax = plt.subplots(figsize=(max(4.0, 0.8 * len(names) + 1.5), 3.6))
     ax.boxplot([results[k].flatten().numpy() for k in names], showmeans=True, whis=(5, 95), showfliers=False)
@@ -141,10 +138,5 @@ def box_plot(results: dict[str, Tensor], path: str | Path, title: str, ylabel: s
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
