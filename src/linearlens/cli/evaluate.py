@@ -19,8 +19,9 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from .._threads import num_threads
 from ..data import load_cifar10
-from ..explain import list_methods
+from ..explain import MethodNotApplicableError, list_methods
 from ..metrics import area_under_curve
 from ..metrics.evaluation import (
     box_plot,
@@ -77,19 +78,39 @@ def reproducing_command(args: argparse.Namespace) -> str:
     return " ".join(shlex.quote(p) for p in parts)
 
 
+def parse_model_args(text: str | None) -> dict[str, Any]:
+    """``--model-args``: a JSON object of keyword arguments, with an error that names the option."""
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise CommandError(f"--model-args must be a JSON object such as '{{\"width\": 0.25}}': {err}") from None
+    if not isinstance(value, dict):
+        raise CommandError(f"--model-args must be a JSON object (keyword arguments), got {type(value).__name__}")
+    return value
+
+
 def load_model(args: argparse.Namespace) -> tuple[torch.nn.Module, str]:
     if args.checkpoint:
         return load_checkpoint(args.checkpoint), str(args.checkpoint)
     if not args.model:
         raise CommandError("pass --checkpoint DIR (or --model NAME for a randomly initialised network)")
     torch.manual_seed(args.seed)
-    model_args = json.loads(args.model_args) if args.model_args else {}
-    return create_model(args.model, **model_args).eval(), f"{args.model} (random init, seed {args.seed})"
+    model_args = parse_model_args(args.model_args)
+    try:
+        model = create_model(args.model, **model_args)
+    except TypeError as err:  # a constructor rejecting a keyword: the user's --model-args
+        raise CommandError(f"--model-args: {err}") from None
+    return model.eval(), f"{args.model} (random init, seed {args.seed})"
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    with num_threads(args.threads):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in list_methods()]
     if unknown:
@@ -115,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
             try:
                 s, sec = grid_pointing_scores(model, grids, method, options[method], args.smooth or None,
                                               args.batch_size, progress)
-            except (ValueError, TypeError, RuntimeError) as err:
+            except MethodNotApplicableError as err:  # any other error is a failure, not a skip
                 table[method] = {"error": str(err)}
                 tqdm.write(f"{method}: skipped ({err})", file=sys.stderr)
                 continue
@@ -131,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
             try:
                 curves, steps, sec = degradation_scores(model, images, method, options[method], args.patch_size,
                                                         args.steps, "morf", args.batch_size, args.seed, progress)
-            except (ValueError, TypeError, RuntimeError) as err:
+            except MethodNotApplicableError as err:  # any other error is a failure, not a skip
                 table[method] = {"error": str(err)}
                 tqdm.write(f"{method}: skipped ({err})", file=sys.stderr)
                 continue

@@ -21,6 +21,7 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from .._threads import num_threads
 from ..data import ImageSet, augment_batch, load_cifar10
 from ..models import create_model
 from .checkpoint import (
@@ -103,8 +104,11 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True) -> di
     its last finished epoch; its saved configuration must match ``config``.
     """
     config.validate()
-    if config.threads:
-        torch.set_num_threads(config.threads)
+    with num_threads(config.threads):
+        return _train(config, resume, progress)
+
+
+def _train(config: TrainConfig, resume: bool, progress: bool) -> dict[str, Any]:
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     train_set, test_set = _load_data(config)

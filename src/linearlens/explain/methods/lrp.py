@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from ...engine.source import InputEncoding
 from ..api import register_method
+from ..errors import MethodNotApplicableError
 from ..explanation import Explanation
 from ..targets import TargetSpec
 from ._system import channel_explanation, per_target, prepare
@@ -61,12 +62,12 @@ def lrp_unsupported_layers(model: nn.Module) -> list[str]:
 def lrp(model: nn.Module, x: Tensor, target: TargetSpec = None) -> Explanation:
     """LRP relevances of the explained output, conserving ``sum R = y_t`` for bias-free networks.
 
-    Raises ``ValueError`` naming the layers LRP cannot propagate through, e.g. B-cos layers, whose
-    own explanation is ``method="bcos"``.
+    Raises :class:`~linearlens.explain.errors.MethodNotApplicableError` naming the layers LRP cannot
+    propagate through, e.g. B-cos layers, whose own explanation is ``method="bcos"``.
     """
     bad = lrp_unsupported_layers(model)
     if bad:
-        raise ValueError(
+        raise MethodNotApplicableError(
             f"LRP (captum) has no propagation rule for {', '.join(bad[:8])}"
             f"{' and more' if len(bad) > 8 else ''}. It supports Conv2d, Linear, pooling, BatchNorm2d and "
             "ReLU/Dropout/Tanh modules; B-cos networks are explained by method='bcos'"
