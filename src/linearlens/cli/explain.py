@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from ..data import CIFAR10_CLASSES, load_cifar10
-from ..explain import explain, list_methods
+from ..explain import Explanation, explain, list_methods
 from ..explain.visualize import save_explanation_grid
 from ..training import load_checkpoint
 from . import CommandError
@@ -27,22 +28,52 @@ def parse_target(text: str):
     raise CommandError(f"--target must be 'all', 'predicted', a class index or one of {', '.join(CIFAR10_CLASSES)}")
 
 
-def load_images(paths: list[str]) -> torch.Tensor:
-    """Read image files as a float batch in [0, 1]; all must share one size."""
-    arrays = []
+def load_images(paths: list[str]) -> list[torch.Tensor]:
+    """Read image files as float ``(3, H, W)`` tensors in [0, 1], each at its own size."""
+    images = []
     for p in paths:
         if not Path(p).is_file():
             raise FileNotFoundError(f"image {p} does not exist")
-        arrays.append(np.asarray(Image.open(p).convert("RGB"), dtype=np.float32) / 255)
-    if len({a.shape for a in arrays}) > 1:
-        raise CommandError("all --image files must have the same size")
-    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+        try:
+            with Image.open(p) as img:
+                array = np.asarray(img.convert("RGB"), dtype=np.float32) / 255
+        except (UnidentifiedImageError, OSError, ValueError) as err:
+            raise CommandError(f"{p} is not a readable image ({type(err).__name__}: {err})") from None
+        images.append(torch.from_numpy(array).permute(2, 0, 1).contiguous())
+    return images
+
+
+def _targets_for(target, indices: list[int]):
+    """The part of a per-image target (tensor or list) that belongs to ``indices``; other targets as they are."""
+    if isinstance(target, (torch.Tensor, list, tuple)):
+        return torch.as_tensor(target)[indices]
+    return target
 
 
 def write_explanations(model, images, out: Path, target, method: str, labels=None, name: str = "explanations") -> Path:
-    """Explain ``images`` and save the picture grid; returns the PNG path."""
-    exp = explain(model, images, target, method=method)
-    return save_explanation_grid(out / f"{name}.png", images, exp, labels=labels, class_names=list(CIFAR10_CLASSES))
+    """Explain ``images`` (a batch, or a list of images of any sizes) and save the picture grid; returns the PNG.
+
+    Images of different sizes are explained in one batch per size, each at its own resolution.
+    """
+    images = list(images.unbind(0)) if isinstance(images, torch.Tensor) else list(images)
+    by_size: dict[tuple[int, ...], list[int]] = {}
+    for i, image in enumerate(images):
+        by_size.setdefault(tuple(image.shape), []).append(i)
+    per_image = [None] * len(images)
+    for indices in by_size.values():
+        exp = explain(model, torch.stack([images[i] for i in indices]), _targets_for(target, indices), method=method)
+        for row, i in enumerate(indices):
+            per_image[i] = _one(exp, row)
+    return save_explanation_grid(out / f"{name}.png", images, per_image, labels=labels,
+                                 class_names=list(CIFAR10_CLASSES))
+
+
+def _one(exp: Explanation, row: int) -> Explanation:
+    """The explanation of image ``row`` alone (batch dimension kept)."""
+    pick = lambda t: None if t is None else t[row : row + 1]  # noqa: E731
+    return replace(exp, attributions=pick(exp.attributions), targets=pick(exp.targets), outputs=pick(exp.outputs),
+                   weights=pick(exp.weights), inputs=pick(exp.inputs), residual=pick(exp.residual),
+                   channel_attributions=pick(exp.channel_attributions))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -16,7 +16,7 @@ from torch import Tensor
 from ..figures import pyplot, save_figure
 from .explanation import Explanation
 
-__all__ = ["weights_to_rgba", "contribution_heatmap", "save_explanation_grid"]
+__all__ = ["weights_to_rgba", "contribution_heatmap", "explanation_panels", "save_explanation_grid"]
 
 
 def weights_to_rgba(weights: Tensor, inputs: Tensor, percentile: float = 99.5) -> Tensor:
@@ -64,36 +64,86 @@ def contribution_heatmap(attribution: Tensor, percentile: float = 99.5) -> np.nd
     return cmap(np.clip(a / limit, -1, 1) * 0.5 + 0.5)[..., :3]
 
 
+def explanation_panels(
+    explanation: Explanation, image_index: int = 0, class_names: Sequence[str] | None = None
+) -> list[tuple[str, list[tuple[np.ndarray, str]]]]:
+    """The pictures of one image's explanation, grouped per explained output.
+
+    Returns ``[(name, [(array, title), ...]), ...]``: per explained output its name and its
+    panels, the decoded ``W(x)`` (6-channel linear explanations only) and the signed contribution
+    map, as ``(H, W, 3|4)`` float arrays in ``[0, 1]``.
+    """
+    i = image_index
+    k = explanation.attributions.shape[1]
+    colour = explanation.weights is not None and explanation.weights.shape[2] == 6
+    rgba = weights_to_rgba(explanation.weights[i], explanation.inputs[i].unsqueeze(0)) if colour else None
+    groups = []
+    for j in range(k):
+        name = f"output {j}"
+        if explanation.targets is not None:
+            target = int(explanation.targets[i, j])
+            name = class_names[target] if class_names is not None and 0 <= target < len(class_names) else str(target)
+        panels = []
+        if rgba is not None:
+            panels.append((rgba[j].cpu().numpy(), f"W(x): {name}"))
+        panels.append((contribution_heatmap(explanation.attributions[i, j]), f"contrib.: {name}"))
+        groups.append((name, panels))
+    return groups
+
+
 def save_explanation_grid(
     path: str | os.PathLike,
-    images: Tensor,
-    explanation: Explanation,
+    images: Tensor | Sequence[Tensor],
+    explanation: Explanation | Sequence[Explanation],
     labels: Sequence[str] | None = None,
     class_names: Sequence[str] | None = None,
+    outputs_per_row: int | None = None,
 ) -> Path:
-    """Save a PNG with one row per image: the image, then per explained output the decoded ``W(x)``
-    (for 6-channel linear explanations) and the signed contribution map."""
+    """Save a PNG grid: per image a block whose first cell is the image, followed, per explained
+    output, by the decoded ``W(x)`` (6-channel linear explanations) and the signed contribution map.
+
+    A block wraps after ``outputs_per_row`` explained outputs (default 4 with colour panels, 8
+    without), so that ten classes make three readable rows instead of one 21-panel strip.
+    ``images`` is an ``(N, C, H, W)`` batch or a list of ``(C, H, W)`` images of any sizes;
+    ``explanation`` covers all of them, or is a list with one single-image explanation per image
+    (how images of different sizes are explained, each at its own size).
+    """
     plt = pyplot()
-    n, k = explanation.attributions.shape[:2]
-    colour = explanation.weights is not None and explanation.weights.shape[2] == 6
-    per_target = 2 if colour else 1
-    fig, axes = plt.subplots(n, 1 + per_target * k, figsize=(1.6 * (1 + per_target * k), 1.7 * n), squeeze=False)
-    rgba = weights_to_rgba(explanation.weights, explanation.inputs.unsqueeze(1)) if colour else None
-    for i in range(n):
-        axes[i, 0].imshow(images[i].detach().float().permute(1, 2, 0).clamp(0, 1).cpu().numpy())
-        axes[i, 0].set_title(labels[i] if labels else f"image {i}", fontsize=7)
-        for j in range(k):
-            name = str(int(explanation.targets[i, j])) if explanation.targets is not None else f"output {j}"
-            if class_names is not None and explanation.targets is not None:
-                name = class_names[int(explanation.targets[i, j])]
-            col = 1 + per_target * j
-            if rgba is not None:
-                axes[i, col].imshow(rgba[i, j].cpu().numpy())
-                axes[i, col].set_title(f"W(x): {name}", fontsize=7)
-                col += 1
-            axes[i, col].imshow(contribution_heatmap(explanation.attributions[i, j]))
-            axes[i, col].set_title(f"contrib.: {name}", fontsize=7)
+    images = list(images) if not isinstance(images, Tensor) else list(images.unbind(0))
+    explanations = list(explanation) if isinstance(explanation, (list, tuple)) else None
+    if explanations is not None and len(explanations) != len(images):
+        raise ValueError(f"got {len(images)} images but {len(explanations)} explanations")
+    if explanations is None and len(explanation) != len(images):
+        raise ValueError(f"got {len(images)} images but an explanation of {len(explanation)}")
+    blocks = []
+    for i, image in enumerate(images):
+        exp, index = (explanations[i], 0) if explanations is not None else (explanation, i)
+        blocks.append((image, explanation_panels(exp, index, class_names)))
+    per_output = max(len(groups[0][1]) for _, groups in blocks)
+    per_row = outputs_per_row or (4 if per_output == 2 else 8)
+    if per_row < 1:
+        raise ValueError(f"outputs_per_row must be >= 1, got {per_row}")
+    widest = max(len(groups) for _, groups in blocks)
+    columns = 1 + per_output * min(widest, per_row)
+    layout = [(-(-len(groups) // per_row)) for _, groups in blocks]
+    fig, axes = plt.subplots(sum(layout), columns, figsize=(1.6 * columns, 1.75 * sum(layout)), squeeze=False)
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
+        ax.axis("off")
+    top = 0
+    for i, ((image, groups), rows) in enumerate(zip(blocks, layout)):
+        ax = axes[top, 0]
+        ax.axis("on")
+        ax.imshow(image.detach().float().permute(1, 2, 0).clamp(0, 1).cpu().numpy())
+        h, w = image.shape[-2:]
+        ax.set_title((labels[i] if labels else f"image {i}") + f" ({w}x{h})", fontsize=7)
+        for j, (_, panels) in enumerate(groups):
+            row, slot = top + j // per_row, j % per_row
+            for p, (array, title) in enumerate(panels):
+                cell = axes[row, 1 + per_output * slot + p]
+                cell.axis("on")
+                cell.imshow(array)
+                cell.set_title(title, fontsize=7)
+        top += rows
     return save_figure(fig, path)
