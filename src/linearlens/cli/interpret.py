@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from ..data import load_cifar10
-from ..figures import pyplot, save_figure
+from ..figures import save_figure, subplots
 from ..interpret import LinearScope, bias_contributions, pixel_discussions
 from ..interpret.plots import contribution_bars, pixel_vote_grid
 from ..models import create_model, list_models
@@ -33,7 +33,6 @@ def _model(args: argparse.Namespace) -> torch.nn.Module:
 
 
 def run(args: argparse.Namespace) -> int:
-    plt = pyplot()
     model = _model(args).eval()
     data = load_cifar10(args.data, args.split)
     out = Path(args.out)
@@ -60,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         "contributions_top1_mean": dict(zip(columns, table[:, 0].mean(0).tolist())),
         "decomposition_max_abs_error": float((parts.total() - parts.output).abs().max()),
     }
-    fig, ax = plt.subplots(figsize=(6, 3.6))
+    fig, ax = subplots(figsize=(6, 3.6))
     contribution_bars(ax, table[:, 0], columns, f"contributions to the top-1 score, {len(stats)} images\n"
                       f"residual share {float(share.mean()):.0%} ± {float(share.std()):.0%}")
     save_figure(fig, out / "contributions.png", dpi=130)

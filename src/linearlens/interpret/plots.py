@@ -10,7 +10,7 @@ from pathlib import Path
 
 from torch import Tensor
 
-from ..figures import pyplot, save_figure
+from ..figures import save_figure, subplots
 from .decomposition import PixelDiscussion, pixel_votes
 
 __all__ = ["contribution_bars", "pixel_vote_grid", "signed_image"]
@@ -49,11 +49,10 @@ def pixel_vote_grid(
     ``discussion`` must explain every class (``target="all"``) so that the votes compare all classes.
     Returns, per image, the top-2 classes with their scores and vote shares.
     """
-    plt = pyplot()
     votes = pixel_votes(discussion)
     order = discussion.scores.argsort(1, descending=True)
     n = images.shape[0]
-    fig, axes = plt.subplots(n, 5, figsize=(10, 2.2 * n), squeeze=False)
+    fig, axes = subplots(n, 5, figsize=(10, 2.2 * n), squeeze=False)
     summary = []
     for r in range(n):
         img = images[r].detach().cpu().clamp(0, 1).permute(1, 2, 0).numpy()

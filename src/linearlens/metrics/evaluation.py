@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..explain import explain
-from ..figures import pyplot, save_figure
+from ..figures import save_figure, subplots
 from .degradation import degradation_curve
 from .pointing_game import Grids, grid_pointing_game, make_grids
 
@@ -130,9 +130,8 @@ def summarize(scores: Tensor) -> dict[str, float]:
 
 def box_plot(results: dict[str, Tensor], path: str | Path, title: str, ylabel: str) -> Path:
     """A box plot (PNG) of one score distribution per entry of ``results``, in order."""
-    plt = pyplot()
     names: Sequence[str] = list(results)
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.8 * len(names) + 1.5), 3.6))
+    fig, ax = subplots(figsize=(max(4.0, 0.8 * len(names) + 1.5), 3.6))
     ax.boxplot([results[k].flatten().numpy() for k in names], showmeans=True, whis=(5, 95), showfliers=False)
     ax.set_xticks(range(1, len(names) + 1), names, rotation=30, ha="right")
     ax.set_ylabel(ylabel)
