@@ -17,7 +17,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
@@ -27,7 +26,6 @@ from ..models import create_model
 from .checkpoint import (
     CONFIG,
     HISTORY,
-    WEIGHTS,
     load_training_state,
     read_json,
     save_model,
@@ -129,12 +127,12 @@ def _train(config: TrainConfig, resume: bool, progress: bool) -> dict[str, Any]:
                 f"{out} holds a run with different settings ({', '.join(changed)}); "
                 "use another --out directory or --no-resume to start over"
             )
-        if (out / WEIGHTS).is_file():
-            model.load_state_dict(load_file(str(out / WEIGHTS)))
-            meta = load_training_state(out, optimizer, generator)
-            if meta is not None:
-                start_epoch = int(meta["finished_epochs"])
-                history = read_json(out / HISTORY) if (out / HISTORY).is_file() else []
+        # state.safetensors is the one commit point of an epoch (weights, optimiser, generator, count);
+        # model.safetensors and history.json may be one epoch ahead of it after an interruption.
+        meta = load_training_state(out, model, optimizer, generator)
+        if meta is not None:
+            start_epoch = int(meta["finished_epochs"])
+            history = read_json(out / HISTORY)[:start_epoch] if (out / HISTORY).is_file() else []
 
     steps_per_epoch = math.ceil(len(train_set) / config.batch_size)
     total_steps = steps_per_epoch * config.epochs
@@ -183,11 +181,10 @@ def _train(config: TrainConfig, resume: bool, progress: bool) -> dict[str, Any]:
                 f"epoch {epoch + 1}/{config.epochs}: loss {record['train_loss']:.4f}, "
                 f"train acc {record['train_accuracy']:.3f}, test acc {test_acc:.4f} ({record['seconds']:.0f} s)"
             )
-        # Weights first, then the state that says the epoch is finished: an interruption between the
-        # two repeats at most this epoch, never skips it.
+        # The training state last: until it is replaced, a resume repeats this epoch from its start.
         save_model(out, model, config.model, config.model_args, {"training": asdict(config), "test_accuracy": test_acc})
         write_json(out / HISTORY, history)
-        save_training_state(out, optimizer, generator, {"finished_epochs": epoch + 1})
+        save_training_state(out, model, optimizer, generator, {"finished_epochs": epoch + 1})
 
     final = history[-1] if history else {}
     metrics.update(
