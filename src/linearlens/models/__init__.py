@@ -3,6 +3,9 @@
 from .bcos_cifar import BcosCifarConfig, BcosCifarNet, bcos_cifar, cifar_gamma, cifar_temperature
 from .registry import create_model, list_models, register_model
 
+# Importing a family module registers its variants.
+from . import bcos_resnet  # noqa: E402,F401  isort: skip
+
 __all__ = [
     "BcosCifarNet", "BcosCifarConfig", "bcos_cifar", "cifar_gamma", "cifar_temperature",
     "create_model", "list_models", "register_model",
