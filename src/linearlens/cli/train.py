@@ -6,7 +6,9 @@ import argparse
 import json
 
 from ..models import list_models
+from ..models.bcos_cifar import cifar_temperature
 from ..training import TrainConfig, train
+from . import CommandError
 
 
 def add_training_arguments(parser: argparse.ArgumentParser, epochs: int, width: float, out: str) -> None:
@@ -17,6 +19,8 @@ def add_training_arguments(parser: argparse.ArgumentParser, epochs: int, width: 
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--lr-final", type=float, default=1e-5)
     parser.add_argument("--b", type=float, default=2.0, help="the B-cos exponent B")
+    parser.add_argument("--temperature", type=float, default=None,
+                        help="output temperature T (default: App. C.1.1's value for B, listed for 1 <= B <= 2.5)")
     parser.add_argument("--max-out", type=int, default=2, help="MaxOut units per neuron (1 = plain)")
     parser.add_argument("--width", type=float, default=width, help="channel multiplier of App. C.1.1's network")
     parser.add_argument("--train-per-class", type=int, default=None, help="first n training images per class")
@@ -32,10 +36,23 @@ def config_from_args(args: argparse.Namespace, model: str = "bcos_cifar") -> Tra
     """The :class:`TrainConfig` described by parsed training arguments."""
     if model not in list_models():
         raise ValueError(f"unknown model {model!r}")
+    if not args.b >= 1:  # also NaN
+        raise CommandError(f"--b must be a number >= 1 (B = 1 is a linear network), got {args.b}")
+    model_args = {"b": args.b, "max_out": args.max_out, "width": args.width, "width_scaled_gamma": True}
+    if args.temperature is not None:
+        if not args.temperature > 0:
+            raise CommandError(f"--temperature must be > 0, got {args.temperature}")
+        model_args["temperature"] = args.temperature
+    else:
+        try:
+            cifar_temperature(args.b)
+        except ValueError:
+            raise CommandError(f"--b {args.b}: App. C.1.1 lists output temperatures for 1 <= B <= 2.5 only; "
+                               "pass --temperature T") from None
     return TrainConfig(
         out_dir=args.out,
         model=model,
-        model_args={"b": args.b, "max_out": args.max_out, "width": args.width, "width_scaled_gamma": True},
+        model_args=model_args,
         data=args.data,
         train_limit_per_class=args.train_per_class,
         test_limit_per_class=args.test_per_class,
