@@ -4,7 +4,7 @@ from .bcos_cifar import BcosCifarConfig, BcosCifarNet, bcos_cifar, cifar_gamma, 
 from .registry import create_model, list_models, register_model
 
 # Importing a family module registers its variants.
-from . import bcos_resnet  # noqa: E402,F401  isort: skip
+from . import bcos_densenet, bcos_inception, bcos_resnet, bcos_vgg, bcos_vit  # noqa: E402,F401  isort: skip
 
 __all__ = [
     "BcosCifarNet", "BcosCifarConfig", "bcos_cifar", "cifar_gamma", "cifar_temperature",
