@@ -48,15 +48,16 @@ class UncenteredBatchNorm2d(nn.Module):
             raise ValueError(
                 f"UncenteredBatchNorm2d expected input of shape (N, {self.num_features}, H, W), got {tuple(x.shape)}"
             )
-        if self.training:
-            var = decide(lambda t: t.var(dim=(0, 2, 3), unbiased=False), x)
-            if current_mode() is Mode.LIVE:
-                with torch.no_grad():
-                    self.running_var.lerp_(var.detach().to(self.running_var.dtype), self.momentum)
-        else:
-            var = self.running_var.to(x.dtype)
-        scale = self.weight.to(x.dtype) / torch.sqrt(var + self.eps)
-        return x * scale[None, :, None, None]
+        weight = self.weight.to(x.dtype)[None, :, None, None]
+        if not self.training:
+            return x * (weight / torch.sqrt(self.running_var.to(x.dtype)[None, :, None, None] + self.eps))
+        # A decision is batch-first (the two-batch mode repeats it per probe block), so the batch
+        # statistic is handed out once per sample.
+        var = decide(lambda t: t.var(dim=(0, 2, 3), unbiased=False, keepdim=True).expand(len(t), -1, 1, 1), x)
+        if current_mode() is Mode.LIVE:
+            with torch.no_grad():
+                self.running_var.lerp_(var[0].detach().flatten().to(self.running_var.dtype), self.momentum)
+        return x * (weight / torch.sqrt(var + self.eps))
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps:g}, momentum={self.momentum:g}"
