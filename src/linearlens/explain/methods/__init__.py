@@ -6,11 +6,11 @@ DeepLIFT, guided backprop, DeConvNet), :mod:`.cam` (Grad-CAM, LayerCAM), :mod:`.
 inherent B-cos explanation and returns attributions of shape ``(N, K, H, W)``.
 """
 
-from . import cam, gradients, lrp, perturbation
+from . import cam, gradients, lrp, pattern, perturbation
 from ._system import ExplainedSystem
 
 #: Methods whose maps come from perturbing the input; the grid pointing game does not smooth them
 #: (Sec. 4 of the B-cos paper).
 PERTURBATION_METHODS = frozenset({"occlusion", "rise", "lime"})
 
-__all__ = ["cam", "gradients", "lrp", "perturbation", "ExplainedSystem", "PERTURBATION_METHODS"]
+__all__ = ["cam", "gradients", "lrp", "pattern", "perturbation", "ExplainedSystem", "PERTURBATION_METHODS"]
