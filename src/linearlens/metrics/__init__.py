@@ -3,8 +3,10 @@
 :mod:`.pointing_game`: grid pointing game (B-cos paper, Sec. 4 and App. C.2.1), energy-based
 pointing game and its variants (chest X-ray paper, App. B), pointing game.
 :mod:`.degradation`: pixel-flipping / degradation curves (PatternNet paper, Sec. 5).
+:mod:`.artifact`: grid-artifact score of explanation maps (chest X-ray paper, Sec. 3.2, Fig. 2).
 """
 
+from .artifact import artifact_score
 from .degradation import area_under_curve, degradation_curve, patch_ranking
 from .pointing_game import (
     Grids,
@@ -18,5 +20,5 @@ from .pointing_game import (
 
 __all__ = [
     "Grids", "make_grids", "grid_pointing_game", "smooth", "energy_pointing_game", "energy_pointing_game_sweep",
-    "pointing_game", "degradation_curve", "patch_ranking", "area_under_curve",
+    "pointing_game", "degradation_curve", "patch_ranking", "area_under_curve", "artifact_score",
 ]
