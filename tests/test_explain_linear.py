@@ -282,5 +282,5 @@ def test_active_dropout_is_a_clear_error():
 
 def test_model_with_non_class_outputs_is_a_clear_error():
     net = nn.Sequential(nn.Conv2d(3, 2, 3), nn.Flatten(0)).double()  # flattens the batch away: (N*...,)
-    with pytest.raises(ValueError, match=r"class targets need model outputs of shape \(N, classes\)"):
+    with pytest.raises(ValueError, match=r"outputs of shape \(64,\) for 2 inputs; .* batch-first outputs"):
         explain(net, images(2), 0, method="linear_rows")

@@ -1,20 +1,31 @@
 """The linear-interpretation engine shared by every explanation method.
 
-A B-cos layer, a frozen ReLU, a frozen max-pool selection and a frozen normalisation statistic
-are all linear interpretations of a module at an input: ``y1 = A(x0) x1 + c(x0)``.  The engine
-expresses each with one primitive, :func:`decide`, and runs whole networks as their frozen linear
-systems with :class:`LinearTracer`, either in a single batch (``Mode.FROZEN``, where autograd gives
-the rows of ``W(x)``) or as the two-batch system ``[x0, x1]`` of the linear-interpreter paper
-(``Mode.TWO_BATCH``).
+A B-cos layer, a frozen ReLU, a frozen max-pool selection, a frozen normalisation statistic and a frozen
+attention matrix are all linear interpretations of a module at an input: ``y1 = A(x0) x1 + c(x0)``.
+The engine expresses each with one primitive, :func:`decide`, runs whole networks as their frozen
+linear systems with :class:`LinearTracer`, and drives the reference pass (``Mode.FROZEN``, where
+autograd gives the rows of ``W(x)``) and the probe passes (``Mode.TWO_BATCH``, the system
+``x1 -> F(x0) x1 + r(x0)`` of the linear-interpreter paper) with :class:`FrozenSystem`.
 """
 
+from . import attention  # noqa: F401  (registers the attention rules)
 from .rules import RULES, register_rule
-from .source import InputEncoding, explained_input, find_input_encoding
-from .state import Mode, current_mode, decide, interpretation_state
-from .tracer import LinearTracer, UninterpretableOperationError, linear_interpretation, run_frozen
+from .source import InputEncoding, find_input_encoding, substituted_input
+from .state import (
+    DecisionMismatchError,
+    Interpretation,
+    Mode,
+    current_mode,
+    current_state,
+    decide,
+    interpretation_state,
+)
+from .system import CheckResult, FrozenSystem, SystemCheckError, run_explained
+from .tracer import LinearTracer, UninterpretableOperationError, gate, linear_interpretation, run_frozen
 
 __all__ = [
-    "Mode", "decide", "current_mode", "interpretation_state", "RULES", "register_rule", "LinearTracer",
-    "UninterpretableOperationError", "linear_interpretation", "run_frozen", "InputEncoding",
-    "explained_input", "find_input_encoding",
+    "Mode", "decide", "current_mode", "current_state", "interpretation_state", "Interpretation", "RULES",
+    "register_rule", "LinearTracer", "UninterpretableOperationError", "linear_interpretation", "run_frozen",
+    "gate", "InputEncoding", "find_input_encoding", "substituted_input", "FrozenSystem", "SystemCheckError",
+    "CheckResult", "run_explained", "DecisionMismatchError",
 ]

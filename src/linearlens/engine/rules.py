@@ -19,18 +19,30 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .state import current_state, decide
+from .state import Interpretation
 
 __all__ = ["RULES", "register_rule", "Rule"]
 
-Rule = Callable[[Callable, tuple, dict], Any]
+Rule = Callable[[Interpretation, Callable, tuple, dict], Any]
 RULES: dict[str, Rule] = {}
+_BUILTIN: set[str] = set()
 
 
-def register_rule(*names: str) -> Callable[[Rule], Rule]:
-    """Register ``rule`` as the frozen interpretation of the operations called ``names``."""
+def register_rule(*names: str, replace: bool = False) -> Callable[[Rule], Rule]:
+    """Register ``rule(state, func, args, kwargs)`` as the frozen interpretation of the operations ``names``.
+
+    A rule receives the active :class:`~linearlens.engine.state.Interpretation` and writes its
+    input-dependent factors with ``state.decide(...)``.  Replacing a built-in rule, or one registered
+    before, needs ``replace=True``.
+    """
 
     def wrap(rule: Rule) -> Rule:
+        taken = [n for n in names if n in RULES]
+        if taken and not replace:
+            kind = "built-in" if any(n in _BUILTIN for n in taken) else "registered"
+            raise ValueError(
+                f"a {kind} rule for {', '.join(map(repr, taken))} exists; pass replace=True to replace it"
+            )
         for name in names:
             RULES[name] = rule
         return rule
@@ -64,35 +76,35 @@ def _is_inplace(func: Callable, kwargs: dict, args: tuple = (), index: int | Non
 
 
 @register_rule("relu", "relu_")
-def relu_rule(func: Callable, args: tuple, kwargs: dict) -> Tensor:
+def relu_rule(ctx: Interpretation, func: Callable, args: tuple, kwargs: dict) -> Tensor:
     """ReLU frozen as a binary mask ``A(x0) = diag[x0 > 0]``, ``c = 0`` (Fig. 2)."""
     x = args[0]
-    mask = decide(lambda t: (t > 0).to(t.dtype), x)
+    mask = ctx.decide(lambda t: (t > 0).to(t.dtype), x)
     return _finish(x, x * mask, _is_inplace(func, kwargs, args, 1))
 
 
 @register_rule("leaky_relu", "leaky_relu_")
-def leaky_relu_rule(func: Callable, args: tuple, kwargs: dict) -> Tensor:
+def leaky_relu_rule(ctx: Interpretation, func: Callable, args: tuple, kwargs: dict) -> Tensor:
     """LeakyReLU frozen as a per-element slope of 1 or ``negative_slope``."""
     x = args[0]
     slope = float(_arg(args, kwargs, 1, "negative_slope", 0.01))
     # full_like, not a Python scalar: torch.where(cond, 1.0, slope) is float32 and rounds the slope
-    gain = decide(lambda t: torch.where(t > 0, torch.ones_like(t), torch.full_like(t, slope)), x)
+    gain = ctx.decide(lambda t: torch.where(t > 0, torch.ones_like(t), torch.full_like(t, slope)), x)
     return _finish(x, x * gain, _is_inplace(func, kwargs, args, 2))
 
 
 @register_rule("prelu")
-def prelu_rule(func: Callable, args: tuple, kwargs: dict) -> Tensor:
+def prelu_rule(ctx: Interpretation, func: Callable, args: tuple, kwargs: dict) -> Tensor:
     """PReLU frozen as a per-element slope of 1 or the learnt channel slope."""
     x, weight = args[0], _arg(args, kwargs, 1, "weight")
     shape = [1, -1] + [1] * (x.dim() - 2) if weight.numel() > 1 else [1] * x.dim()
     w = weight.detach().reshape(shape)
-    gain = decide(lambda t: torch.where(t > 0, torch.ones_like(t), w.to(t.dtype)), x)
+    gain = ctx.decide(lambda t: torch.where(t > 0, torch.ones_like(t), w.to(t.dtype)), x)
     return x * gain
 
 
 @register_rule("hardtanh", "hardtanh_", "relu6")
-def hardtanh_rule(func: Callable, args: tuple, kwargs: dict) -> Tensor:
+def hardtanh_rule(ctx: Interpretation, func: Callable, args: tuple, kwargs: dict) -> Tensor:
     """Clipping frozen as a pass-through mask inside the range and a constant outside it."""
     x = args[0]
     if getattr(func, "__name__", "") == "relu6":
@@ -101,10 +113,10 @@ def hardtanh_rule(func: Callable, args: tuple, kwargs: dict) -> Tensor:
         lo = float(_arg(args, kwargs, 1, "min_val", -1.0))
         hi = float(_arg(args, kwargs, 2, "max_val", 1.0))
         inplace = _is_inplace(func, kwargs, args, 3)
-    return _finish(x, _clip(x, lo, hi), inplace)
+    return _finish(x, _clip(ctx, x, lo, hi), inplace)
 
 
-def _clip(x: Tensor, lo: float | None, hi: float | None) -> Tensor:
+def _clip(ctx: Interpretation, x: Tensor, lo: float | None, hi: float | None) -> Tensor:
     def factors(t: Tensor) -> tuple[Tensor, Tensor]:
         inside = torch.ones_like(t, dtype=torch.bool)
         const = torch.zeros_like(t)
@@ -116,12 +128,12 @@ def _clip(x: Tensor, lo: float | None, hi: float | None) -> Tensor:
             const = torch.where(t > hi, torch.full_like(t, hi), const)
         return inside.to(t.dtype), const
 
-    mask, const = decide(factors, x)
+    mask, const = ctx.decide(factors, x)
     return x * mask + const
 
 
 @register_rule("clamp", "clip", "clamp_", "clip_", "clamp_min", "clamp_min_", "clamp_max", "clamp_max_")
-def clamp_rule(func: Callable, args: tuple, kwargs: dict) -> Tensor:
+def clamp_rule(ctx: Interpretation, func: Callable, args: tuple, kwargs: dict) -> Tensor:
     """``clamp`` with number bounds, frozen like :func:`hardtanh_rule`."""
     name = getattr(func, "__name__", "")
     x = args[0]
@@ -133,15 +145,15 @@ def clamp_rule(func: Callable, args: tuple, kwargs: dict) -> Tensor:
         lo, hi = _arg(args, kwargs, 1, "min"), _arg(args, kwargs, 2, "max")
     if isinstance(lo, Tensor) or isinstance(hi, Tensor):
         raise NotImplementedError("clamp with tensor bounds has no frozen interpretation in linearlens")
-    out = _clip(x, None if lo is None else float(lo), None if hi is None else float(hi))
+    out = _clip(ctx, x, None if lo is None else float(lo), None if hi is None else float(hi))
     return _finish(x, out, name.endswith("_"))
 
 
 @register_rule("abs", "absolute")
-def abs_rule(func: Callable, args: tuple, kwargs: dict) -> Tensor:
+def abs_rule(ctx: Interpretation, func: Callable, args: tuple, kwargs: dict) -> Tensor:
     """``|x|`` frozen as multiplication by ``sign(x0)``."""
     x = args[0]
-    return x * decide(torch.sign, x)
+    return x * ctx.decide(torch.sign, x)
 
 
 # --- gains: smooth activations ------------------------------------------------------------------
@@ -164,7 +176,7 @@ _GAIN_AT_ZERO: dict[str, tuple[float, float]] = {
 }
 
 
-def _gain_rule(func: Callable, args: tuple, kwargs: dict) -> Tensor:
+def _gain_rule(ctx: Interpretation, func: Callable, args: tuple, kwargs: dict) -> Tensor:
     """A smooth activation frozen as a gain: ``A(x0) = h(x0)/x0``, ``c = 0`` (Fig. 2).
 
     Where ``x0 = 0`` exactly the gain is undefined; there we use ``A = h'(0)`` and ``c = h(0)``,
@@ -185,7 +197,7 @@ def _gain_rule(func: Callable, args: tuple, kwargs: dict) -> Tensor:
         const = torch.where(zero, value, torch.zeros_like(t))
         return gain, const
 
-    gain, const = decide(factors, x)
+    gain, const = ctx.decide(factors, x)
     return _finish(x, x * gain + const, _is_inplace(func, kwargs))
 
 
@@ -205,14 +217,14 @@ def _gather_flat(x: Tensor, indices: Tensor) -> Tensor:
 
 
 def _max_pool_rule(pool_with_indices: Callable, names: tuple[str, ...]) -> Rule:
-    def rule(func: Callable, args: tuple, kwargs: dict):
+    def rule(ctx: Interpretation, func: Callable, args: tuple, kwargs: dict):
         """Max pooling frozen as the selection of the reference maxima (Fig. 2)."""
         x = args[0]
         params = {n: _arg(args, kwargs, i + 1, n) for i, n in enumerate(names)}
         params = {k: v for k, v in params.items() if v is not None}
         # the *_with_indices functions return (values, indices) whatever their return_indices argument
         return_indices = bool(params.pop("return_indices", False)) or func.__name__.endswith("_with_indices")
-        indices = decide(lambda t: pool_with_indices(t, **params, return_indices=True)[1], x)
+        indices = ctx.decide(lambda t: pool_with_indices(t, **params, return_indices=True)[1], x)
         out = _gather_flat(x, indices)
         return (out, indices) if return_indices else out
 
@@ -238,7 +250,7 @@ def _argmax_over(t: Tensor, dims: tuple[int, ...]) -> tuple[Tensor, list[int]]:
 
 
 @register_rule("max", "amax")
-def max_rule(func: Callable, args: tuple, kwargs: dict):
+def max_rule(ctx: Interpretation, func: Callable, args: tuple, kwargs: dict):
     """``max``/``amax`` over dimensions frozen as the selection of the reference maximum.
 
     The elementwise ``max(a, b)`` form is frozen like :func:`maximum_rule`.
@@ -247,7 +259,7 @@ def max_rule(func: Callable, args: tuple, kwargs: dict):
     name = getattr(func, "__name__", "")
     other = _arg(args, kwargs, 1, "dim" if name == "amax" else "other")
     if isinstance(other, Tensor):
-        return maximum_rule(func, (x, other), {})
+        return maximum_rule(ctx, func, (x, other), {})
     dim = _arg(args, kwargs, 1, "dim")
     keepdim = bool(_arg(args, kwargs, 2, "keepdim", False))
     if dim is None or (isinstance(dim, (tuple, list)) and len(dim) == 0):
@@ -258,7 +270,7 @@ def max_rule(func: Callable, args: tuple, kwargs: dict):
         dims = tuple(sorted(d % x.dim() for d in dim))
     if 0 in dims:
         raise NotImplementedError("a max over the batch dimension couples samples and cannot be frozen")
-    indices = decide(lambda t: _argmax_over(t, dims)[0], x)
+    indices = ctx.decide(lambda t: _argmax_over(t, dims)[0], x)
     _, perm = _argmax_over(x[:1], dims)
     moved = x.permute(perm)
     flat = moved.reshape(*moved.shape[: x.dim() - len(dims)], -1)
@@ -273,7 +285,7 @@ def max_rule(func: Callable, args: tuple, kwargs: dict):
 
 
 @register_rule("maximum", "minimum", "fmax", "fmin")
-def maximum_rule(func: Callable, args: tuple, kwargs: dict) -> Tensor:
+def maximum_rule(ctx: Interpretation, func: Callable, args: tuple, kwargs: dict) -> Tensor:
     """Elementwise ``max(a, b)`` (e.g. MaxOut) frozen as the selection of the reference winner."""
     a, b = args[0], _arg(args, kwargs, 1, "other")
     take_min = getattr(func, "__name__", "") in ("minimum", "fmin")
@@ -283,29 +295,31 @@ def maximum_rule(func: Callable, args: tuple, kwargs: dict) -> Tensor:
         # max and min are symmetric: decide on the operand with the batch (``maximum(0, x)``)
         a, b = b, a
     if b.shape[:1] == a.shape[:1] and b.dim() == a.dim():
-        pick = decide(lambda s, t: ((s <= t) if take_min else (s >= t)).to(s.dtype), a, b)
+        pick = ctx.decide(lambda s, t: ((s <= t) if take_min else (s >= t)).to(s.dtype), a, b)
     else:
         bb = b.detach()
-        pick = decide(lambda s: ((s <= bb) if take_min else (s >= bb)).to(s.dtype), a)
+        pick = ctx.decide(lambda s: ((s <= bb) if take_min else (s >= bb)).to(s.dtype), a)
     return a * pick + b * (1 - pick)
 
 
 # --- normalisation with statistics ----------------------------------------------------------------
 
 
-def _normalise(x: Tensor, reduce_dims: tuple[int, ...], eps: float, unbiased: bool = False) -> Tensor:
+def _normalise(
+    ctx: Interpretation, x: Tensor, reduce_dims: tuple[int, ...], eps: float, unbiased: bool = False
+) -> Tensor:
     """``(x - mean) / sqrt(var + eps)`` with the statistics frozen at the reference input.
 
     With ``centering="frozen"`` (default, Fig. 2) the mean is a decided constant and so enters the
     residual; with ``centering="linear"`` mean subtraction stays a linear map of the probe.
     """
-    centering = current_state().centering
+    centering = ctx.centering
 
     def stats(t: Tensor) -> tuple[Tensor, Tensor]:
         var, mean = torch.var_mean(t, dim=reduce_dims, keepdim=True, unbiased=unbiased)
         return mean, torch.rsqrt(var + eps)
 
-    mean, inv_std = decide(stats, x)
+    mean, inv_std = ctx.decide(stats, x)
     if centering == "linear":
         return (x - x.mean(dim=reduce_dims, keepdim=True)) * inv_std
     return (x - mean) * inv_std
@@ -320,7 +334,7 @@ def _affine(y: Tensor, weight: Tensor | None, bias: Tensor | None, shape: list[i
 
 
 @register_rule("batch_norm")
-def batch_norm_rule(func: Callable, args: tuple, kwargs: dict) -> Tensor:
+def batch_norm_rule(ctx: Interpretation, func: Callable, args: tuple, kwargs: dict) -> Tensor:
     """Batch norm with running statistics is affine; in training mode it couples the batch."""
     running_mean = _arg(args, kwargs, 1, "running_mean")
     training = bool(_arg(args, kwargs, 5, "training", False))
@@ -333,38 +347,38 @@ def batch_norm_rule(func: Callable, args: tuple, kwargs: dict) -> Tensor:
 
 
 @register_rule("instance_norm")
-def instance_norm_rule(func: Callable, args: tuple, kwargs: dict) -> Tensor:
+def instance_norm_rule(ctx: Interpretation, func: Callable, args: tuple, kwargs: dict) -> Tensor:
     """Instance norm with frozen per-sample, per-channel statistics (Fig. 2)."""
     x = args[0]
     if not bool(_arg(args, kwargs, 5, "use_input_stats", True)):
         return func(*args, **kwargs)
     weight, bias = _arg(args, kwargs, 3, "weight"), _arg(args, kwargs, 4, "bias")
     eps = float(_arg(args, kwargs, 7, "eps", 1e-5))
-    y = _normalise(x, tuple(range(2, x.dim())), eps)
+    y = _normalise(ctx, x, tuple(range(2, x.dim())), eps)
     return _affine(y, weight, bias, [1, -1] + [1] * (x.dim() - 2))
 
 
 @register_rule("group_norm")
-def group_norm_rule(func: Callable, args: tuple, kwargs: dict) -> Tensor:
+def group_norm_rule(ctx: Interpretation, func: Callable, args: tuple, kwargs: dict) -> Tensor:
     """Group norm with frozen per-sample, per-group statistics."""
     x = args[0]
     groups = int(_arg(args, kwargs, 1, "num_groups"))
     weight, bias = _arg(args, kwargs, 2, "weight"), _arg(args, kwargs, 3, "bias")
     eps = float(_arg(args, kwargs, 4, "eps", 1e-5))
     grouped = x.reshape(x.shape[0], groups, -1)
-    y = _normalise(grouped, (2,), eps).reshape(x.shape)
+    y = _normalise(ctx, grouped, (2,), eps).reshape(x.shape)
     return _affine(y, weight, bias, [1, -1] + [1] * (x.dim() - 2))
 
 
 @register_rule("layer_norm")
-def layer_norm_rule(func: Callable, args: tuple, kwargs: dict) -> Tensor:
+def layer_norm_rule(ctx: Interpretation, func: Callable, args: tuple, kwargs: dict) -> Tensor:
     """Layer norm with frozen per-position statistics over ``normalized_shape``."""
     x = args[0]
     shape = _arg(args, kwargs, 1, "normalized_shape")
     shape = (shape,) if isinstance(shape, int) else tuple(shape)
     weight, bias = _arg(args, kwargs, 2, "weight"), _arg(args, kwargs, 3, "bias")
     eps = float(_arg(args, kwargs, 4, "eps", 1e-5))
-    y = _normalise(x, tuple(range(x.dim() - len(shape), x.dim())), eps)
+    y = _normalise(ctx, x, tuple(range(x.dim() - len(shape), x.dim())), eps)
     full = [1] * (x.dim() - len(shape)) + list(shape)
     return _affine(y, weight, bias, full)
 
@@ -372,9 +386,12 @@ def layer_norm_rule(func: Callable, args: tuple, kwargs: dict) -> Tensor:
 @register_rule(
     "dropout", "dropout_", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout"
 )
-def dropout_rule(func: Callable, args: tuple, kwargs: dict) -> Tensor:
+def dropout_rule(ctx: Interpretation, func: Callable, args: tuple, kwargs: dict) -> Tensor:
     """Dropout in eval mode is the identity; in training mode it is random and cannot be frozen."""
     x = args[0]
     if bool(_arg(args, kwargs, 2, "training", kwargs.get("train", True))):
         raise RuntimeError("dropout is active (training mode); call model.eval() before explaining")
     return x
+
+
+_BUILTIN.update(RULES)

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+import contextvars
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Union
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Neuron", "TargetSpec", "resolve_class_targets", "neuron_outputs", "is_neuron_target"]
+__all__ = ["Neuron", "TargetSpec", "resolve_class_targets", "neuron_readout", "is_neuron_target"]
 
 
 @dataclass(frozen=True)
@@ -77,45 +77,52 @@ def resolve_class_targets(target: TargetSpec, outputs: Tensor) -> Tensor:
     return idx
 
 
-@contextmanager
-def neuron_outputs(model: nn.Module, neurons: Sequence[Neuron]) -> Iterator[Callable[[], Tensor]]:
-    """Record the selected neuron values during a forward pass.
+def neuron_readout(model: nn.Module, neurons: Sequence[Neuron]) -> Callable[[nn.Module, Tensor], Tensor]:
+    """A readout ``(model, x) -> (N, K)`` that runs ``model`` and returns the selected neuron values.
 
-    Yields ``collect()``, which after the forward pass returns the values as an ``(N, K)`` tensor.
+    The values are read by forward hooks that act only for the call made by the readout itself (a
+    context variable), so another thread running the same model is not affected.
     """
     modules = dict(model.named_modules())
     for neuron in neurons:
-        if neuron.layer not in modules:
+        if not isinstance(neuron.layer, str) or neuron.layer not in modules:
             names = [n for n in modules if n][:20]
             raise ValueError(f"model has no layer called {neuron.layer!r}; layers include: {', '.join(names)}")
-    handles = []
     by_layer: dict[str, list[int]] = {}
     for i, neuron in enumerate(neurons):
         by_layer.setdefault(neuron.layer, []).append(i)
-    slots: list[Tensor | None] = [None] * len(neurons)
 
-    def make_hook(layer: str):
-        def hook(module: nn.Module, inputs: tuple, output: Tensor) -> None:
-            if not isinstance(output, Tensor):
-                raise TypeError(f"layer {layer!r} does not return a tensor; it cannot be explained neuron-wise")
-            for i in by_layer[layer]:
-                slots[i] = _pick(output, neurons[i])
+    def readout(net: nn.Module, x: Tensor) -> Tensor:
+        slots: list[Tensor | None] = [None] * len(neurons)
 
-        return hook
+        def make_hook(layer: str):
+            def hook(module: nn.Module, inputs: tuple, output: Tensor) -> None:
+                if _READING.get() is not slots:
+                    return
+                if not isinstance(output, Tensor):
+                    raise TypeError(f"layer {layer!r} does not return a tensor; it cannot be explained neuron-wise")
+                for i in by_layer[layer]:
+                    slots[i] = _pick(output, neurons[i])
 
-    for layer in by_layer:
-        handles.append(modules[layer].register_forward_hook(make_hook(layer)))
-    def collect() -> Tensor:
-        missing = [neurons[i].layer for i, s in enumerate(slots) if s is None]
+            return hook
+
+        handles = [modules[layer].register_forward_hook(make_hook(layer)) for layer in by_layer]
+        token = _READING.set(slots)
+        try:
+            net(x)
+        finally:
+            _READING.reset(token)
+            for h in handles:
+                h.remove()
+        missing = [neurons[i].layer for i, v in enumerate(slots) if v is None]
         if missing:
             raise RuntimeError(f"layer(s) {sorted(set(missing))} were not called during the forward pass")
         return torch.stack(slots, dim=1)  # type: ignore[arg-type]
 
-    try:
-        yield collect
-    finally:
-        for h in handles:
-            h.remove()
+    return readout
+
+
+_READING: contextvars.ContextVar[object] = contextvars.ContextVar("linearlens_neuron_reading", default=None)
 
 
 def _pick(output: Tensor, neuron: Neuron) -> Tensor:

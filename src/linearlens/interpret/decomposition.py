@@ -32,10 +32,10 @@ from torch import Tensor, nn
 from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
 from ..engine.source import as_leaf
+from ..engine.system import FrozenSystem
 from ..engine.tracer import LinearTracer
 from ..explain.targets import TargetSpec, resolve_class_targets
 from ..validation import check_images
-from .linear_scope import LinearScope, run_two_batch
 
 __all__ = [
     "GroupSpec", "BiasContributions", "bias_contributions", "PixelDiscussion", "pixel_discussions",
@@ -81,90 +81,96 @@ class _Call:
 
 def leaf_constant_hooks(
     model: nn.Module,
-    reference_size: int,
     *,
     drop: Callable[[str], Tensor | None] | None = None,
     record: Callable[[_Call], None] | None = None,
-) -> Callable[[LinearTracer], Any]:
-    """An ``instrument`` for :func:`run_two_batch` that measures and removes leaf-module constants.
+) -> Callable[[int, LinearTracer], Any]:
+    """An instrument for :meth:`FrozenSystem.probe_each` that measures and removes leaf-module constants.
 
-    For every call of a leaf module on interpreted (carrier) inputs, the module is run once more on
-    ``[reference half, zeros]`` with the decisions of the reference half, which gives its constant
-    term ``c_m`` (``N`` samples).  ``record(call)`` receives it.  ``drop(name)`` returns a ``(K,)``
-    0/1 vector (or ``None``): where it is 1, ``c_m`` is subtracted from that probe block's output.
-    The reference half is never changed, so every decision downstream is still that of ``x0``.
+    For every call of a leaf module on interpreted (carrier) inputs, the module is run once more on a
+    zero input with the same decisions (the replay is rewound to where the call began), which gives
+    its constant term ``c_m``.  ``record(call)`` receives it.  ``drop(name)`` returns a ``(K,)`` 0/1
+    vector over the probe blocks (or ``None``): where it is 1, ``c_m`` is subtracted from that block's
+    output.  The decisions are always those of ``x0``.
     """
-    n = reference_size
     leaves = [(name, m) for name, m in model.named_modules() if next(m.children(), None) is None]
 
-    @contextmanager
-    def instrument(tracer: LinearTracer) -> Iterator[None]:
-        busy = [False]
-        pending: dict[int, list[tuple[tuple, dict]]] = {}
-
-        def pre(module: nn.Module, args: tuple, kwargs: dict) -> None:
-            if busy[0] or not any(tracer.is_carrier(t) for t in tree_flatten((args, kwargs))[0]):
-                return
-            # The zero-probe inputs are copied before the call, so in-place modules cannot alter them.
-            with torch.no_grad():
-                zeroed = tree_map(
-                    lambda t: torch.cat([t[:n], torch.zeros_like(t[:n])]) if tracer.is_carrier(t) else t,
-                    (args, kwargs),
-                )
-            pending.setdefault(id(module), []).append(zeroed)
-
-        def make_post(name: str) -> Callable:
-            def post(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
-                stack = pending.get(id(module))
-                if busy[0] or not stack:
-                    return None
-                z_args, z_kwargs = stack.pop()
-                busy[0] = True
-                try:
-                    with torch.no_grad():
-                        const_out = module(*z_args, **z_kwargs)
-                finally:
-                    busy[0] = False
-                outs, spec = tree_flatten(output)
-                consts, _ = tree_flatten(const_out)
-                weights = drop(name) if drop is not None else None
-                changed, new = False, []
-                for o, c_full in zip(outs, consts):
-                    if not tracer.is_carrier(o):
-                        new.append(o)
-                        continue
-                    with torch._C.DisableTorchFunction():
-                        # A measured constant of the system, not a carrier: inspecting it is allowed.
-                        c = c_full[n : 2 * n].detach()
-                    if record is not None:
-                        record(_Call(name, o, c))
-                        if bool((c != 0).any()):
-                            # Downstream gets a copy: an in-place unit after this module must not
-                            # overwrite (or rebase the autograd history of) the recorded output.
-                            o = o.clone()
-                            changed = True
-                    if weights is not None and bool(weights.any()):
-                        k = o.shape[0] // n - 1
-                        w = weights.to(o.dtype).view(k, 1, *[1] * (c.dim() - 1))
-                        shift = torch.cat([torch.zeros_like(c).unsqueeze(0), w * c.unsqueeze(0)]).flatten(0, 1)
-                        o = o - shift
-                        changed = True
-                    new.append(o)
-                return tree_unflatten(new, spec) if changed else None
-
-            return post
-
-        handles = []
-        try:
-            for name, module in leaves:
-                handles.append(module.register_forward_pre_hook(pre, with_kwargs=True))
-                handles.append(module.register_forward_hook(make_post(name), with_kwargs=True))
-            yield
-        finally:
-            for h in handles:
-                h.remove()
+    def instrument(block: int, tracer: LinearTracer) -> Any:
+        return _constant_hooks(leaves, block, tracer, drop, record)
 
     return instrument
+
+
+@contextmanager
+def _constant_hooks(
+    leaves: list[tuple[str, nn.Module]],
+    block: int,
+    tracer: LinearTracer,
+    drop: Callable[[str], Tensor | None] | None,
+    record: Callable[[_Call], None] | None,
+) -> Iterator[None]:
+    state = tracer.state
+    busy = [False]
+    pending: dict[int, list[tuple[int, tuple]]] = {}
+
+    def pre(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if busy[0] or not any(tracer.is_carrier(t) for t in tree_flatten((args, kwargs))[0]):
+            return
+        # The zero inputs are made before the call, so in-place modules cannot alter them.
+        zeroed = tree_map(lambda t: torch.zeros_like(t) if tracer.is_carrier(t) else t, (args, kwargs))
+        pending.setdefault(id(module), []).append((state.cursor, zeroed))
+
+    def make_post(name: str) -> Callable:
+        def post(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+            stack = pending.get(id(module))
+            if busy[0] or not stack:
+                return None
+            start, (z_args, z_kwargs) = stack.pop()
+            end = state.cursor
+            z_args, z_kwargs = tree_map(lambda t: tracer.mark(t) if isinstance(t, Tensor) else t, (z_args, z_kwargs))
+            busy[0] = True
+            state.cursor = start  # the zero input takes the decisions this call took
+            try:
+                with torch.no_grad():
+                    const_out = module(*z_args, **z_kwargs)
+            finally:
+                busy[0] = False
+                state.cursor = end
+            outs, spec = tree_flatten(output)
+            consts, _ = tree_flatten(const_out)
+            weights = drop(name) if drop is not None else None
+            changed, new = False, []
+            for o, c in zip(outs, consts):
+                if not tracer.is_carrier(o):
+                    new.append(o)
+                    continue
+                with torch._C.DisableTorchFunction():
+                    # A measured constant of the system, not a carrier: inspecting it is allowed.
+                    c = c.detach()
+                if record is not None:
+                    record(_Call(name, o, c))
+                    if bool((c != 0).any()):
+                        # Downstream gets a copy: an in-place unit after this module must not
+                        # overwrite (or rebase the autograd history of) the recorded output.
+                        o = o.clone()
+                        changed = True
+                if weights is not None and bool(weights[block]):
+                    o = o - weights[block].to(o.dtype) * c
+                    changed = True
+                new.append(o)
+            return tree_unflatten(new, spec) if changed else None
+
+        return post
+
+    handles = []
+    try:
+        for name, module in leaves:
+            handles.append(module.register_forward_pre_hook(pre, with_kwargs=True))
+            handles.append(module.register_forward_hook(make_post(name), with_kwargs=True))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
 
 
 # --- Theorem 1 for DAGs: forward-projected masked biases -----------------------------------------
@@ -217,10 +223,9 @@ class BiasContributions:
 
 
 def _discover(
-    model: nn.Module, x0: Tensor, groups: GroupSpec, centering: str
+    model: nn.Module, system: FrozenSystem, groups: GroupSpec
 ) -> tuple[dict[str, list[str]], dict[str, bool], Tensor, Tensor, Tensor]:
     """Run once with ``x1 = 0`` and find which leaf modules run, in which order, with which constants."""
-    n = x0.shape[0]
     label = _labeller(groups)
     members: dict[str, list[str]] = {}
     nonzero: dict[str, bool] = {}
@@ -233,10 +238,10 @@ def _discover(
         nonzero[g] = nonzero.get(g, False) or bool((call.constant != 0).any())
 
     with torch.no_grad():
-        outputs, source = run_two_batch(
-            model, x0, None, centering=centering, instrument=leaf_constant_hooks(model, n, record=record)
-        )
-    return members, nonzero, outputs[:n], outputs[n:], source[:n]
+        residual = system.probe_each(
+            torch.zeros_like(system.source).unsqueeze(0), leaf_constant_hooks(model, record=record)
+        )[0]
+    return members, nonzero, system.output, residual, system.source
 
 
 def bias_contributions(
@@ -256,8 +261,8 @@ def bias_contributions(
     ``G + 2`` probe blocks plus one extra evaluation of every leaf module on ``[x0, 0]`` per pass.
     """
     x0 = check_images(x0, "x0").detach()
-    n = x0.shape[0]
-    members, nonzero, output, residual, source = _discover(model, x0, groups, centering)
+    system = FrozenSystem(model, x0, centering=centering, grad=False)
+    members, nonzero, output, residual, source = _discover(model, system, groups)
     labels = [g for g in members if keep_zero or nonzero[g]]
     label = _labeller(groups)
     index = {g: i for i, g in enumerate(labels)}
@@ -274,10 +279,7 @@ def bias_contributions(
             return (keeps != g).float()
 
         with torch.no_grad():
-            y, _ = run_two_batch(
-                model, x0, probes, centering=centering, instrument=leaf_constant_hooks(model, n, drop=drop)
-            )
-        outs.append(y[n:].unflatten(0, (len(chunk), n)))
+            outs.append(system.probe_each(probes, leaf_constant_hooks(model, drop=drop)))
     y = torch.cat(outs)
     other = y[1]
     return BiasContributions(
@@ -365,8 +367,8 @@ def pixel_discussions(
     x0 = check_images(x0, "x0").detach()
     n = x0.shape[0]
     label = _labeller(groups)
-    scope = LinearScope(model, x0, centering=centering)
-    source = scope.source
+    system = FrozenSystem(model, x0, centering=centering, grad=False)
+    source = system.source
     calls: list[_Call] = []
 
     def record(call: _Call) -> None:
@@ -375,10 +377,7 @@ def pixel_discussions(
 
     with torch.enable_grad():
         x1 = as_leaf(source)
-        outputs, _ = run_two_batch(
-            model, x0, x1.unsqueeze(0), centering=centering, instrument=leaf_constant_hooks(model, n, record=record)
-        )
-        y1 = outputs[n:]
+        y1 = system.probe_each(x1.unsqueeze(0), leaf_constant_hooks(model, record=record))[0]
         if y1.dim() != 2:
             raise ValueError(f"pixel discussions need classifier outputs (N, classes), got {tuple(y1.shape)}")
         targets = resolve_class_targets(target, y1.detach())
@@ -395,7 +394,7 @@ def pixel_discussions(
             row = grads[0] if grads[0] is not None else torch.zeros_like(x1)
             weighted = []  # g_{m,s} ⊙ c_m per call
             for c, g in zip(calls, grads[1:]):
-                g = torch.zeros_like(c.constant) if g is None else g[n:]
+                g = torch.zeros_like(c.constant) if g is None else g
                 weighted.append(g * c.constant)
             per_call = torch.stack([w.flatten(1).sum(1) for w in weighted], 1) if calls else source.new_zeros(n, 0)
             contrib[:, j].index_add_(1, gidx, per_call)
@@ -404,12 +403,12 @@ def pixel_discussions(
             if calls and per_group:
                 for gi in range(len(labels)):
                     sel = [i for i in range(len(calls)) if int(gidx[i]) == gi]
-                    part = sum((calls[i].output[n:] * weighted[i]).sum() for i in sel)
+                    part = sum((calls[i].output * weighted[i]).sum() for i in sel)
                     (gm,) = torch.autograd.grad(part, x1, retain_graph=True)
                     maps[:, j, gi] = gm.sum(1)
                     back = back + gm
             elif calls:
-                total = sum((c.output[n:] * w).sum() for c, w in zip(calls, weighted))
+                total = sum((c.output * w).sum() for c, w in zip(calls, weighted))
                 (back,) = torch.autograd.grad(total, x1, retain_graph=True)
             inputs.append((row * source).sum(1))
             biases.append(back.sum(1))

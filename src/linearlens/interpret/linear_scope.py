@@ -2,11 +2,11 @@
 
 :class:`LinearScope` fixes a batch of reference images ``x0`` and answers questions about the frozen
 linear system ``y1 = F(x0) x1 + r(x0)`` of the network at those images, without materialising
-``F`` and without storing activations: every forward question runs the network once on the batch
-``[x0, x1_1, ..., x1_K]`` in the engine's ``TWO_BATCH`` mode, where each non-linear unit takes its
-decision (mask, gain, selection, statistics) from the reference half and applies it to every probe
-block (Fig. 1(c) and Fig. 2 of the linear-interpreter paper).  Activations are used on the fly and
-released, as in a plain ``torch.no_grad()`` forward.
+``F``: the network's reference pass at ``x0`` records every decision (mask, gain, selection,
+statistics, attention) once, and every forward question replays them on probe blocks ``x1_1, ..., x1_K``
+(Fig. 1(c) and Fig. 2 of the linear-interpreter paper), each block computed on its own
+(:class:`~linearlens.engine.FrozenSystem`).  By default a random probe checks, at construction, that
+the transposed system (gradients of the reference pass) and the probe system are the same map.
 
 * :attr:`LinearScope.residual` is ``r(x0)``, the output for the probe ``x1 = 0``;
 * :meth:`LinearScope.columns` are impulse responses ``F(x0) delta_k`` (the projective filters);
@@ -23,77 +23,40 @@ network, for which ``F(x0) = W(x0)``).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Sequence
 from typing import Union
 
 import torch
 from torch import Tensor, nn
 
-from ..engine.source import as_leaf, explained_input
-from ..engine.state import Mode
-from ..engine.tracer import LinearTracer, linear_interpretation
+from ..engine.source import as_leaf
+from ..engine.system import CheckResult, FrozenSystem
 from ..validation import check_images
 
 __all__ = ["LinearScope", "run_two_batch", "Indices"]
 
 Indices = Union[int, Sequence[int], Tensor]
-Instrument = Callable[[LinearTracer], AbstractContextManager]
 
 
 def run_two_batch(
-    model: nn.Module,
-    x0: Tensor,
-    blocks: Tensor | None = None,
-    *,
-    centering: str = "frozen",
-    instrument: Instrument | None = None,
+    model: nn.Module, x0: Tensor, blocks: Tensor | None = None, *, centering: str = "frozen"
 ) -> tuple[Tensor, Tensor]:
-    """Run ``model`` on ``[x0, x1_1, ..., x1_K]`` as the two-batch system of Eq. (5).
+    """The two-batch system of Eq. (5): ``[x0, x1_1, ..., x1_K] -> [f(x0), F(x0) x1_k + r(x0)]``.
 
     ``x0`` are the ``N`` reference images (raw network input); ``blocks`` are ``K`` probe blocks of
-    shape ``(K, N, *explained_input_shape)`` substituted for the explained input of the probe half
-    (``None``: one block of zeros, i.e. the residual probe).  ``instrument(tracer)``, if given, is
-    a context manager entered around the forward pass (used to hook modules, e.g. by the residual
-    decomposition).  Returns ``(outputs, source)``: the network outputs for the whole
-    ``(K + 1) N`` batch, whose first ``N`` are ``f(x0)`` and block ``k`` is ``F(x0) x1_k + r(x0)``,
-    and the explained input of the whole batch.  Differentiable w.r.t. ``blocks`` if they require
-    grad.
+    shape ``(K, N, *explained_input_shape)`` (``None``: one block of zeros, the residual probe).
+    Returns ``(outputs, source)`` laid out as the stacked batch: the first ``N`` outputs are ``f(x0)``
+    and block ``k`` is ``F(x0) x1_k + r(x0)``; ``source`` is the explained input of the whole batch.
+    Differentiable with respect to ``blocks``.
     """
-    n = x0.shape[0]
-    k = 1 if blocks is None else blocks.shape[0]
-    if blocks is not None and (blocks.dim() < 2 or blocks.shape[1] != n):
-        raise ValueError(f"probe blocks must have shape (K, N={n}, ...), got {tuple(blocks.shape)}")
-
-    with linear_interpretation(Mode.TWO_BATCH, reference_size=n, centering=centering) as tracer:
-
-        def prepare(t: Tensor) -> Tensor:
-            reference = t[:n]
-            if blocks is None:
-                probes = torch.zeros_like(reference)
-            else:
-                if tuple(blocks.shape[2:]) != tuple(reference.shape[1:]):
-                    raise ValueError(
-                        f"probe images have shape {tuple(blocks.shape[2:])}, but the explained input of "
-                        f"this network has shape {tuple(reference.shape[1:])}"
-                    )
-                probes = blocks.to(reference.dtype).flatten(0, 1)
-            return tracer.mark(torch.cat([reference, probes]))
-
-        with explained_input(model, prepare) as feed:
-            fed, holder = feed(x0.repeat(k + 1, *[1] * (x0.dim() - 1)))
-            with instrument(tracer) if instrument is not None else nullcontext():
-                outputs = model(fed)
-    if not isinstance(outputs, Tensor):
-        raise TypeError(f"the network must return one tensor, got {type(outputs).__name__}")
-    if holder.value is None:
-        raise RuntimeError("the model's input encoding was not called during the forward pass")
-    if outputs.shape[0] != (k + 1) * n:
-        raise RuntimeError(
-            f"the network returned a batch of {outputs.shape[0]} for an input batch of {(k + 1) * n}; "
-            "the linear interpreter needs batch-first outputs, one per input"
-        )
-    return outputs, holder.value
+    system = FrozenSystem(model, check_images(x0, "x0"), centering=centering, grad=False)
+    if blocks is None:
+        blocks = torch.zeros_like(system.source).unsqueeze(0)
+    if blocks.dim() < 2 or blocks.shape[1] != x0.shape[0]:
+        raise ValueError(f"probe blocks must have shape (K, N={x0.shape[0]}, ...), got {tuple(blocks.shape)}")
+    y = system.probe(blocks)
+    outputs = torch.cat([system.output.to(y.dtype), y.flatten(0, 1)])
+    return outputs, torch.cat([system.source.to(blocks.dtype), blocks.flatten(0, 1)])
 
 
 class LinearScope:
@@ -116,7 +79,7 @@ class LinearScope:
     """
 
     def __init__(
-        self, model: nn.Module, x0: Tensor, *, centering: str = "frozen", chunk_size: int = 16
+        self, model: nn.Module, x0: Tensor, *, centering: str = "frozen", chunk_size: int = 16, check: bool = True
     ) -> None:
         x0 = check_images(x0, "x0")
         if centering not in ("frozen", "linear"):
@@ -124,15 +87,24 @@ class LinearScope:
         if not isinstance(chunk_size, int) or chunk_size < 1:
             raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
         self.model, self.x0, self.centering, self.chunk_size = model, x0.detach(), centering, chunk_size
-        n = x0.shape[0]
-        with torch.no_grad():
-            outputs, source = run_two_batch(model, self.x0, centering=centering)
-        self.output: Tensor = outputs[:n]
+        self._system = FrozenSystem(model, self.x0, centering=centering, grad=check)
+        self.output: Tensor = self._system.output.detach()
         """``f(x0)``, ``(N, *out_shape)``."""
-        self.residual: Tensor = outputs[n:]
-        """``r(x0)``: the interpreter's output for the probe ``x1 = 0`` (Eq. (5)), ``(N, *out_shape)``."""
-        self.source: Tensor = source[:n].detach()
+        self.source: Tensor = self._system.source.detach()
         """The explained input at ``x0`` (the raw images, or the input encoding's output)."""
+        self.check_result: CheckResult | None = None
+        """The self-check of the adjoint identity ``<F^T c, z> = <c, y1(z) - r>`` (``None`` if skipped)."""
+        if check:
+            c = torch.randn(self.output.shape, generator=torch.Generator().manual_seed(1), dtype=self.output.dtype)
+            rows = self._system.vjp(c.unsqueeze(0)).transpose(0, 1)
+
+            def along_c(outputs: Tensor) -> Tensor:
+                return (outputs * c).flatten(1).sum(1, keepdim=True)
+
+            self.check_result, _ = self._system.check(rows, along_c)
+        with torch.no_grad():
+            self.residual: Tensor = self._system.residual()
+        """``r(x0)``: the interpreter's output for the probe ``x1 = 0`` (Eq. (5)), ``(N, *out_shape)``."""
 
     # --- shapes and indices ---------------------------------------------------------------------
 
@@ -170,14 +142,12 @@ class LinearScope:
 
     def select(self, index: int) -> LinearScope:
         """The interpreter of image ``index`` alone (``N = 1``)."""
-        scope = object.__new__(LinearScope)
-        scope.model, scope.centering, scope.chunk_size = self.model, self.centering, self.chunk_size
-        sl = slice(index, index + 1 if index != -1 else None)
-        scope.x0, scope.output = self.x0[sl], self.output[sl]
-        scope.residual, scope.source = self.residual[sl], self.source[sl]
-        if scope.x0.shape[0] != 1:
+        if not -self.num_images <= index < self.num_images:
             raise IndexError(f"image index {index} out of range for {self.num_images} images")
-        return scope
+        index %= self.num_images
+        return LinearScope(
+            self.model, self.x0[index : index + 1], centering=self.centering, chunk_size=self.chunk_size, check=False
+        )
 
     # --- the forward system ---------------------------------------------------------------------
 
@@ -210,26 +180,20 @@ class LinearScope:
 
     def _forward_blocks(self, blocks: Tensor) -> Tensor:
         """``F(x0) x1 + r(x0)`` for ``(K, N, *in_shape)`` blocks, in chunks; ``(K, N, *out_shape)``."""
-        n = self.num_images
-        outs = []
         with torch.no_grad():
-            for chunk in blocks.split(self.chunk_size):
-                outputs, _ = run_two_batch(self.model, self.x0, chunk, centering=self.centering)
-                outs.append(outputs[n:].unflatten(0, (chunk.shape[0], n)))
-        return torch.cat(outs)
+            return torch.cat([self._system.probe(chunk) for chunk in blocks.split(self.chunk_size)])
 
     # --- the transposed system (Eq. (6)) --------------------------------------------------------
 
     def transpose_apply(self, y2: Tensor) -> Tensor:
         """``F(x0)^T y2`` for output-domain images ``(N, *out_shape)`` or ``(N, K, *out_shape)`` (Eq. (6)).
 
-        Computed as the input gradient of ``<f(x), y2>`` through the frozen network (``Mode.FROZEN``,
-        the mechanism of :func:`linearlens.explain.linear.linear_explanation`), with the reference
-        images repeated so that ``K`` back-projections share one backward pass.
+        Computed as input gradients of ``<f(x), y2>`` through the reference pass of the frozen network
+        (the mechanism of :func:`linearlens.explain.linear.linear_explanation`), one backward pass per
+        output-domain image.
         """
         cot, single = self._as_blocks(y2, self.out_shape, "y2")
-        outs = [self._transpose_blocks(chunk) for chunk in cot.split(self.chunk_size)]
-        out = torch.cat(outs)
+        out = self._system.vjp(cot).detach()
         return out[0] if single else out.transpose(0, 1)
 
     def rows(self, indices: Indices) -> Tensor:
@@ -242,19 +206,8 @@ class LinearScope:
         for chunk in idx.split(self.chunk_size):
             cot = self.output.new_zeros(len(chunk), self.num_images, self.out_features)
             cot[torch.arange(len(chunk)), :, chunk] = 1
-            outs.append(self._transpose_blocks(cot.unflatten(2, self.out_shape)))
+            outs.append(self._system.vjp(cot.unflatten(2, self.out_shape)).detach())
         return torch.cat(outs).transpose(0, 1)
-
-    def _transpose_blocks(self, cot: Tensor) -> Tensor:
-        k = cot.shape[0]
-        with torch.enable_grad(), linear_interpretation(Mode.FROZEN, centering=self.centering) as tracer:
-            with explained_input(self.model, lambda t: tracer.mark(as_leaf(t))) as feed:
-                fed, holder = feed(self.x0.repeat(k, *[1] * (self.x0.dim() - 1)))
-                out = self.model(fed)
-        (grad,) = torch.autograd.grad(out, holder.value, cot.flatten(0, 1).to(out.dtype), allow_unused=True)
-        if grad is None:
-            grad = torch.zeros_like(holder.value)
-        return grad.unflatten(0, (k, self.num_images))
 
     # --- both directions at once ----------------------------------------------------------------
 
@@ -265,13 +218,11 @@ class LinearScope:
         Alg. 1.  This is the operator behind both SVD methods.
         """
         blocks, single = self._as_blocks(v, self.in_shape, "v")
-        n = self.num_images
         fv, ftfv = [], []
         for chunk in blocks.split(self.chunk_size):
             with torch.enable_grad():
                 leaf = as_leaf(chunk)
-                outputs, _ = run_two_batch(self.model, self.x0, leaf, centering=self.centering)
-                y1 = outputs[n:].unflatten(0, (chunk.shape[0], n))
+                y1 = self._system.probe(leaf)
                 u = (y1 - self.residual).detach()
                 (g,) = torch.autograd.grad(y1, leaf, u, allow_unused=True)
             fv.append(u)

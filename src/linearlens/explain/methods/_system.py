@@ -14,14 +14,14 @@ paper's "explanation mode"), in which gradients are the rows of ``W(x)`` (Eqs. (
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import ExitStack
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ...engine.source import find_input_encoding
+from ...engine.source import encode
 from ...engine.state import Mode
+from ...engine.system import run_explained
 from ...engine.tracer import linear_interpretation
 from ...validation import check_images
 from ..explanation import Explanation
@@ -33,37 +33,31 @@ __all__ = ["ExplainedSystem", "prepare", "channel_explanation", "per_target"]
 class ExplainedSystem(nn.Module):
     """``model`` as a function of its explained input ``z`` (``model`` itself if it has no encoding).
 
-    The model's input encoding is bypassed by a forward hook that substitutes ``z`` for its output;
-    the raw input the model is called with is a zero placeholder of the raw shape, which only the
-    encoding sees.  ``frozen=True`` runs every forward pass in ``Mode.FROZEN`` with ``z`` marked as
-    the system input.
+    The model's input encoding is bypassed by substituting ``z`` for its output
+    (:func:`linearlens.engine.run_explained`); the raw input the model is called with is a zero
+    placeholder of the raw shape, which only the encoding sees.  ``frozen=True`` runs every forward pass
+    as the reference pass of the frozen system (``Mode.FROZEN``) with ``z`` as the system input.
     """
 
     def __init__(self, model: nn.Module, raw_shape: tuple[int, ...], frozen: bool = False) -> None:
         super().__init__()
         self.model = model
-        self.encoding = find_input_encoding(model)
         self.raw_shape = tuple(raw_shape[1:])
         self.frozen = bool(frozen)
 
     def encode(self, x: Tensor) -> Tensor:
         """The explained input for raw images ``x`` (detached)."""
-        with torch.no_grad():
-            return (self.encoding(x) if self.encoding is not None else x).detach()
+        return encode(self.model, x)
 
     def forward(self, z: Tensor) -> Tensor:
-        with ExitStack() as stack:
-            if self.frozen:
-                tracer = stack.enter_context(linear_interpretation(Mode.FROZEN))
-                tracer.mark(z)
-            if self.encoding is None:
-                out = self.model(z)
-            else:
-                handle = self.encoding.register_forward_hook(lambda module, inputs, output: z)
-                stack.callback(handle.remove)
-                out = self.model(z.new_zeros((z.shape[0], *self.raw_shape)))
-        if not isinstance(out, Tensor) or out.dim() != 2:
-            shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raw = z.new_zeros((z.shape[0], *self.raw_shape))
+        if self.frozen:
+            with linear_interpretation(Mode.FROZEN) as tracer:
+                out = run_explained(self.model, raw, z, tracer)
+        else:
+            out = run_explained(self.model, raw, z)
+        if out.dim() != 2:
+            shape = tuple(out.shape)
             raise ValueError(f"post-hoc methods need a model returning class scores (N, classes), got {shape}")
         return out
 
