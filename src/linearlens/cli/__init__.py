@@ -22,7 +22,7 @@ from collections.abc import Sequence
 __all__ = ["main", "CommandError"]
 
 # Subcommand modules, in the order they appear in ``linearlens --help``.
-SUBCOMMANDS = ("demo", "train", "explain", "evaluate", "interpret")
+SUBCOMMANDS = ("demo", "train", "explain", "evaluate", "interpret", "serve", "report")
 
 
 class CommandError(Exception):
