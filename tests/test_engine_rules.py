@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from linearlens.engine import RULES, Mode, UninterpretableOperationError, linear_interpretation, register_rule
+from linearlens.engine import RULES, FrozenSystem, UninterpretableOperationError, register_rule
 from linearlens.engine import run_frozen as engine_run_frozen
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -39,6 +39,12 @@ def _bn() -> Callable:
         bn.weight.copy_(torch.randn(3))
         bn.bias.copy_(torch.randn(3))
     return bn
+
+
+def _mha(need_weights: bool, masked: bool = False) -> Callable:
+    mha = _module(nn.MultiheadAttention(8, 2, batch_first=True))
+    mask = torch.zeros(5, 5, dtype=torch.bool).triu(1) if masked else None
+    return lambda x: mha(x, x, x, need_weights=need_weights, attn_mask=mask)[0]
 
 
 def _inplace(op: Callable) -> Callable:
@@ -182,6 +188,18 @@ CASES: dict[str, list[tuple[str, Callable[[], Callable], tuple[int, ...]]]] = {
         ("nn.LayerNorm([5,5])", lambda: _module(nn.LayerNorm([5, 5])), IMG),
         ("F.layer_norm(5)", lambda: lambda x: F.layer_norm(x, (5,)), IMG),
     ],
+    "scaled_dot_product_attention": [
+        ("F.sdpa", lambda: lambda x: F.scaled_dot_product_attention(x, x.flip(-1), x), (N, 2, 5, 4)),
+        (
+            "F.sdpa(causal, scale)",
+            lambda: lambda x: F.scaled_dot_product_attention(x.flip(-2), x, 2 * x, is_causal=True, scale=0.3),
+            (N, 2, 5, 4),
+        ),
+    ],
+    "multi_head_attention_forward": [
+        ("nn.MultiheadAttention", lambda: _mha(need_weights=False), (N, 5, 8)),
+        ("nn.MultiheadAttention(weights, mask)", lambda: _mha(need_weights=True, masked=True), (N, 5, 8)),
+    ],
     "dropout": [
         ("nn.Dropout(eval)", lambda: nn.Dropout(0.5).eval(), IMG),
         ("F.dropout(training=False)", lambda: lambda x: F.dropout(x, 0.5, training=False), IMG),
@@ -229,9 +247,9 @@ def spy(monkeypatch):
         calls = []
         rule = RULES[name]
 
-        def counting(func, args, kwargs):
+        def counting(ctx, func, args, kwargs):
             calls.append(getattr(func, "__name__", func))
-            return rule(func, args, kwargs)
+            return rule(ctx, func, args, kwargs)
 
         monkeypatch.setitem(RULES, name, counting)
         return calls
@@ -240,10 +258,9 @@ def spy(monkeypatch):
 
 
 def two_batch(h: Callable, blocks: list[torch.Tensor], centering: str = "frozen") -> list[torch.Tensor]:
-    n = blocks[0].shape[0]
-    with linear_interpretation(Mode.TWO_BATCH, reference_size=n, centering=centering) as tracer:
-        y = h(tracer.mark(torch.cat(blocks)))
-    return list(y.detach().split(n))
+    """``[f(x0), y1(p_1), ..., y1(p_k)]``: the reference pass at ``blocks[0]`` and probes replaying its decisions."""
+    system = FrozenSystem(h, blocks[0], centering=centering, grad=False)
+    return [system.output.detach(), *system.probe(torch.stack(blocks[1:])).detach()]
 
 
 def frozen(h: Callable, x: torch.Tensor, centering: str = "frozen") -> torch.Tensor:
@@ -320,11 +337,18 @@ def _affine_bias(h: Callable, x0: torch.Tensor) -> torch.Tensor:
 def test_max_returns_reference_indices():
     x0 = torch.randn(2, 4, 3, dtype=torch.float64)
     p = torch.randn_like(x0)
-    with linear_interpretation(Mode.TWO_BATCH, reference_size=2) as tracer:
-        values, indices = tracer.mark(torch.cat([x0, p])).max(1)
+    seen = []
+
+    def h(t):
+        values, indices = t.max(1)
+        seen.append(indices)
+        return values
+
+    y0, y_p = two_batch(h, [x0, p])
     live = x0.max(1)
-    torch.testing.assert_close(indices, live.indices.repeat(2, 1))
-    torch.testing.assert_close(values[2:], p.gather(1, live.indices.unsqueeze(1)).squeeze(1))
+    assert all(torch.equal(i, live.indices) for i in seen)  # the reference's indices, in both passes
+    torch.testing.assert_close(y0, live.values)
+    torch.testing.assert_close(y_p, p.gather(1, live.indices.unsqueeze(1)).squeeze(1))
 
 
 def test_max_pool_frozen_selection_is_the_reference_argmax():
@@ -374,11 +398,9 @@ def test_rules_refusing_raise_uninterpretable(h, match):
 def test_register_rule_extends_the_engine():
     """A user rule for an op the engine does not know (here exp frozen as a gain) is used by the tracer."""
 
-    def exp_rule(func, args, kwargs):
-        from linearlens.engine import decide
-
+    def exp_rule(ctx, func, args, kwargs):
         x = args[0]
-        gain, const = decide(lambda t: (torch.where(t == 0, 1.0, torch.expm1(t) / t), torch.ones_like(t)), x)
+        gain, const = ctx.decide(lambda t: (torch.where(t == 0, 1.0, torch.expm1(t) / t), torch.ones_like(t)), x)
         return x * gain + const
 
     x0 = torch.randn(*IMG, dtype=torch.float64)
@@ -389,3 +411,18 @@ def test_register_rule_extends_the_engine():
         torch.testing.assert_close(frozen(torch.exp, x0), torch.exp(x0))
     finally:
         del RULES["exp"]
+
+
+def test_register_rule_refuses_to_replace_a_rule_unless_asked():
+    def fake(ctx, func, args, kwargs):
+        return args[0]
+
+    with pytest.raises(ValueError, match=r"a built-in rule for 'relu' exists; pass replace=True"):
+        register_rule("relu")(fake)
+    assert RULES["relu"] is not fake
+    original = RULES["relu"]
+    try:
+        register_rule("relu", replace=True)(fake)
+        assert RULES["relu"] is fake
+    finally:
+        RULES["relu"] = original

@@ -13,6 +13,8 @@ from torch import nn
 
 from linearlens.engine import (
     RULES,
+    DecisionMismatchError,
+    FrozenSystem,
     Mode,
     UninterpretableOperationError,
     current_mode,
@@ -60,12 +62,12 @@ def jacobian_frozen(fn, x0: torch.Tensor) -> torch.Tensor:
         "floor-div", "to-long", "compare", "argmax", "round", "sqrt", "max-all",
     ],
 )
-@pytest.mark.parametrize("mode", [Mode.FROZEN, Mode.TWO_BATCH])
-def test_uninterpretable_operations_raise_naming_the_op(fn, match, mode):
+def test_uninterpretable_operations_raise_naming_the_op(fn, match):
     x = torch.randn(2, 3, 4, 4, dtype=torch.float64, requires_grad=True)
     with pytest.raises(UninterpretableOperationError, match=match):
-        with linear_interpretation(mode, reference_size=1) as tracer:
-            fn(tracer.mark(x * 1))
+        run_frozen(fn, x * 1)
+    with pytest.raises(UninterpretableOperationError, match=match):
+        FrozenSystem(fn, x.detach())
     assert current_mode() is Mode.LIVE  # state restored after the error
 
 
@@ -98,33 +100,48 @@ def test_state_and_mode_errors():
     with pytest.raises(ValueError, match="needs Mode.FROZEN or Mode.TWO_BATCH"):
         with linear_interpretation(Mode.LIVE):
             pass
-    with pytest.raises(ValueError, match="reference_size >= 1"):
-        with interpretation_state(Mode.TWO_BATCH, reference_size=0):
+    with pytest.raises(ValueError, match="TWO_BATCH mode replays the decisions of a reference pass"):
+        with interpretation_state(Mode.TWO_BATCH):
             pass
     with pytest.raises(ValueError, match="centering must be 'frozen' or 'linear'"):
         with interpretation_state(Mode.FROZEN, centering="mean"):
             pass
-    with interpretation_state(Mode.TWO_BATCH, reference_size=2):
-        with pytest.raises(RuntimeError, match="batch size 3.*2 reference samples"):
-            decide(torch.sign, torch.randn(3, 4))
+    with interpretation_state(Mode.FROZEN):
         with pytest.raises(TypeError, match="a decision must return tensors"):
             decide(lambda t: 1.0, torch.randn(4, 4))
+    record = []
+    with interpretation_state(Mode.FROZEN, record=record):
+        decide(torch.sign, torch.randn(3, 4))
+    with interpretation_state(Mode.TWO_BATCH, replay=record):
+        with pytest.raises(DecisionMismatchError, match=r"activations \[\(2, 4\)\].*\[\(3, 4\)\]"):
+            decide(torch.sign, torch.randn(2, 4))  # same site, another shape
+    with interpretation_state(Mode.TWO_BATCH, replay=record):
+        with pytest.raises(DecisionMismatchError, match="is not the one the reference pass took"):
+            decide(torch.abs, torch.randn(3, 4))  # another site
+    with interpretation_state(Mode.TWO_BATCH, replay=record):
+        decide(torch.sign, torch.randn(3, 4))
+        with pytest.raises(DecisionMismatchError, match="more decisions than the reference pass"):
+            decide(torch.sign, torch.randn(3, 4))
     assert current_mode() is Mode.LIVE
 
 
 def test_decide_modes():
-    """LIVE: differentiable; FROZEN: a constant; TWO_BATCH: from the reference block, repeated."""
+    """LIVE: differentiable; FROZEN: a constant, recorded; TWO_BATCH: the recorded value, whatever the probe."""
     x = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
-    live = decide(lambda t: t.square(), x)
+
+    def square(t):
+        return t.square()
+
+    live = decide(square, x)
     assert live.requires_grad
-    with interpretation_state(Mode.FROZEN):
-        frozen = decide(lambda t: t.square(), x)
+    record = []
+    with interpretation_state(Mode.FROZEN, record=record):
+        frozen = decide(square, x)
     assert not frozen.requires_grad
     torch.testing.assert_close(frozen, live.detach())
-    probes = torch.randn(6, 3, dtype=torch.float64)
-    with interpretation_state(Mode.TWO_BATCH, reference_size=2):
-        two = decide(lambda t: t.square(), torch.cat([x.detach(), probes]))
-    torch.testing.assert_close(two, live.detach().repeat(4, 1))
+    with interpretation_state(Mode.TWO_BATCH, replay=record):
+        replayed = decide(square, torch.randn(2, 3, dtype=torch.float64))
+    torch.testing.assert_close(replayed, live.detach())
 
 
 # --- whole networks: functional calls are intercepted and the frozen map is the hand-written one ----------
@@ -166,7 +183,9 @@ def test_functional_calls_are_intercepted(monkeypatch):
     calls = []
     for name in ("relu", "sigmoid", "max"):
         rule = RULES[name]
-        monkeypatch.setitem(RULES, name, lambda f, a, k, rule=rule, name=name: (calls.append(name), rule(f, a, k))[1])
+        monkeypatch.setitem(
+            RULES, name, lambda c, f, a, k, rule=rule, name=name: (calls.append(name), rule(c, f, a, k))[1]
+        )
     x0 = torch.randn(3, 4, dtype=torch.float64)
     torch.testing.assert_close(run_frozen(net, x0), net(x0), rtol=1e-12, atol=1e-12)
     assert calls == ["relu", "sigmoid", "max"]
@@ -189,14 +208,14 @@ def test_two_batch_network_is_eq5():
     """[y0, y1] = [f(x0), F(x0) x1 + r(x0)] with F, r from the hand-written system."""
     net = Functional().double()
     x0 = torch.randn(3, 4, dtype=torch.float64)
-    probes = torch.randn(2 * 3, 4, dtype=torch.float64)
-    with linear_interpretation(Mode.TWO_BATCH, reference_size=3) as tracer:
-        y = net(tracer.mark(torch.cat([x0, probes])))
-    torch.testing.assert_close(y[:3], net(x0))
+    probes = torch.randn(2, 3, 4, dtype=torch.float64)
+    system = FrozenSystem(net, x0, grad=False)
+    y = system.probe(probes)
+    torch.testing.assert_close(system.output, net(x0))
     for k in range(2):
         for n in range(3):
             a, c = hand_frozen_jacobian(net, x0[n])
-            torch.testing.assert_close(y[3 + 3 * k + n], a @ probes[3 * k + n] + c)
+            torch.testing.assert_close(y[k, n], a @ probes[k, n] + c)
 
 
 class ConvNet(nn.Module):
@@ -229,9 +248,9 @@ def test_conv_network_frozen_vs_two_batch():
     v = torch.randn_like(y)
     (grad,) = torch.autograd.grad((y * v).sum(), leaf)
     p = torch.randn_like(x0)
-    with linear_interpretation(Mode.TWO_BATCH, reference_size=2) as tracer:
-        out = net(tracer.mark(torch.cat([x0, x0, p, torch.zeros_like(p)])))
-    y0, y_same, y_p, y_zero = out.split(2)
+    system = FrozenSystem(net, x0, grad=False)
+    y0 = system.output
+    y_same, y_p, y_zero = system.probe(torch.stack([x0, p, torch.zeros_like(p)]))
     torch.testing.assert_close(y_same, y0)
     torch.testing.assert_close((grad * p).sum(), (v * (y_p - y_zero)).sum())
     # f(x0) = F(x0) x0 + r(x0) with r = y1(0) (Eq. (5))
@@ -243,8 +262,9 @@ def test_bcos_layers_have_zero_residual_in_two_batch():
     net = nn.Sequential(BcosConv2d(3, 4, 3, padding=1, max_out=2), BcosConv2d(4, 2, 3, stride=2, b=2.5)).double()
     x0 = torch.randn(2, 3, 6, 6, dtype=torch.float64)
     p = torch.randn_like(x0)
-    with linear_interpretation(Mode.TWO_BATCH, reference_size=2) as tracer:
-        y0, y_same, y_p, y_zero = net(tracer.mark(torch.cat([x0, x0, p, torch.zeros_like(p)]))).split(2)
+    system = FrozenSystem(net, x0, grad=False)
+    y0 = system.output
+    y_same, y_p, y_zero = system.probe(torch.stack([x0, p, torch.zeros_like(p)]))
     torch.testing.assert_close(y0, net(x0))
     torch.testing.assert_close(y_same, y0)
     assert y_zero.abs().max() == 0

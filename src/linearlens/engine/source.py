@@ -41,6 +41,8 @@ class InputEncoding(nn.Module):
 
 def find_input_encoding(model: nn.Module) -> InputEncoding | None:
     """The first :class:`InputEncoding` in ``model`` (in registration order), or ``None``."""
+    if not isinstance(model, nn.Module):
+        return None  # a plain function has no encoding
     for module in model.modules():
         if isinstance(module, InputEncoding):
             return module
@@ -82,30 +84,3 @@ def as_leaf(x: Tensor) -> Tensor:
         leaf = x.detach().clone()
     return leaf.requires_grad_(True)
 
-
-class _Holder:
-    def __init__(self) -> None:
-        self.value: Tensor | None = None
-
-
-@contextmanager
-def explained_input(model: nn.Module, prepare: Callable[[Tensor], Tensor]) -> Iterator[Callable]:
-    """Deprecated shim (being removed): substitute the explained input, old interface."""
-    holder = _Holder()
-
-    def replace(out: Tensor) -> Tensor:
-        if holder.value is None:
-            holder.value = prepare(out.detach())
-            return holder.value
-        return out
-
-    with substituted_input(model, replace) as encoding:
-
-        def feed(x: Tensor):
-            holder.value = None
-            if encoding is None:
-                holder.value = prepare(x.detach())
-                return holder.value, holder
-            return x.detach(), holder
-
-        yield feed
