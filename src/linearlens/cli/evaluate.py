@@ -56,6 +56,22 @@ def parse_options(items: list[str], methods: list[str]) -> dict[str, dict[str, A
     return options
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+def _option_error(method: str, options: dict[str, Any], err: TypeError) -> CommandError:
+    """A method called with ``--option`` values it does not take: the user's mistake, named as such."""
+    return CommandError(f"--option {', '.join(f'{method}.{k}' for k in options)}: {err}")
+
+
 def reproducing_command(args: argparse.Namespace) -> str:
     """The ``linearlens evaluate`` command line that reproduces this run."""
     parts = ["linearlens", "evaluate"]
@@ -140,6 +156,10 @@ def _run(args: argparse.Namespace) -> int:
                 table[method] = {"error": str(err)}
                 tqdm.write(f"{method}: skipped ({err})", file=sys.stderr)
                 continue
+            except TypeError as err:
+                if not options[method]:
+                    raise  # no user option involved: a bug, keeps its traceback
+                raise _option_error(method, options[method], err) from err
             scores[method] = s
             table[method] = {**summarize(s), "seconds_per_image": sec}
         ylabel = "grid pointing score"
@@ -156,6 +176,10 @@ def _run(args: argparse.Namespace) -> int:
                 table[method] = {"error": str(err)}
                 tqdm.write(f"{method}: skipped ({err})", file=sys.stderr)
                 continue
+            except TypeError as err:
+                if not options[method]:
+                    raise  # no user option involved: a bug, keeps its traceback
+                raise _option_error(method, options[method], err) from err
             s = area_under_curve(curves, steps)
             scores[method] = s
             table[method] = {**summarize(s), "seconds_per_image": sec, "mean_curve": curves.mean(0).tolist()}
@@ -195,22 +219,23 @@ def register(subparsers) -> None:
     parser.add_argument("--model-args", help="JSON arguments for --model, e.g. '{\"width\": 0.25}'")
     parser.add_argument("--data", default="embedded", help="'embedded' or a CIFAR-10 folder")
     parser.add_argument("--split", default="test", choices=("train", "test"))
-    parser.add_argument("--limit-per-class", type=int, default=None, help="load at most this many images per class")
+    parser.add_argument("--limit-per-class", type=positive_int, default=None,
+                        help="load at most this many images per class")
     parser.add_argument("--methods", default=DEFAULT_METHODS, help="comma-separated explanation methods")
     parser.add_argument("--option", action="append", default=[], metavar="METHOD.KEY=VALUE",
                         help="method option, e.g. rise.n_masks=100 (repeatable)")
     parser.add_argument("--metric", default="grid-pointing", choices=METRICS)
-    parser.add_argument("--grids", type=int, default=500, help="number of grid images (grid-pointing)")
-    parser.add_argument("--grid-size", type=int, default=3, help="cells per grid side (grid-pointing)")
+    parser.add_argument("--grids", type=positive_int, default=500, help="number of grid images (grid-pointing)")
+    parser.add_argument("--grid-size", type=positive_int, default=3, help="cells per grid side (grid-pointing)")
     parser.add_argument("--include-misclassified", action="store_true",
                         help="build grids from misclassified images too (untrained models, smoke tests)")
     parser.add_argument("--smooth", type=int, default=3, help="smoothing kernel for non-perturbation maps; 0 = none")
-    parser.add_argument("--images", type=int, default=200, help="number of images (degradation)")
-    parser.add_argument("--patch-size", type=int, default=4, help="patch side (degradation)")
-    parser.add_argument("--steps", type=int, default=17, help="points on each degradation curve")
-    parser.add_argument("--batch-size", type=int, default=8, help="images per explanation call")
+    parser.add_argument("--images", type=positive_int, default=200, help="number of images (degradation)")
+    parser.add_argument("--patch-size", type=positive_int, default=4, help="patch side (degradation)")
+    parser.add_argument("--steps", type=positive_int, default=17, help="points on each degradation curve")
+    parser.add_argument("--batch-size", type=positive_int, default=8, help="images per explanation call")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--out", default="outputs/evaluate")
     parser.set_defaults(func=run)
