@@ -4,9 +4,11 @@
 pointing game and its variants (chest X-ray paper, App. B), pointing game.
 :mod:`.degradation`: pixel-flipping / degradation curves (PatternNet paper, Sec. 5).
 :mod:`.artifact`: grid-artifact score of explanation maps (chest X-ray paper, Sec. 3.2, Fig. 2).
+:mod:`.classification`: multi-label predictions and per-class / macro AUROC, F1 and friends.
 """
 
 from .artifact import artifact_score
+from .classification import classification_report, explain_labels, multi_hot, predicted_labels
 from .degradation import area_under_curve, degradation_curve, patch_ranking
 from .pointing_game import (
     Grids,
@@ -21,4 +23,5 @@ from .pointing_game import (
 __all__ = [
     "Grids", "make_grids", "grid_pointing_game", "smooth", "energy_pointing_game", "energy_pointing_game_sweep",
     "pointing_game", "degradation_curve", "patch_ranking", "area_under_curve", "artifact_score",
+    "multi_hot", "predicted_labels", "classification_report", "explain_labels",
 ]

@@ -64,7 +64,12 @@ class TrainConfig:
 
 
 def bce_loss(logits: Tensor, labels: Tensor) -> Tensor:
-    """Eq. (16): BCE of ``sigmoid(f(x) + b)`` against one-hot labels, averaged over classes and images."""
+    """Eq. (16): BCE of ``sigmoid(f(x) + b)`` against one-hot labels (class indices ``(N,)``) or multi-hot
+    targets (``(N, K)``, multi-label), averaged over classes and images."""
+    if labels.dim() == 2:
+        if labels.shape != logits.shape:
+            raise ValueError(f"multi-hot targets of shape {tuple(labels.shape)} for logits {tuple(logits.shape)}")
+        return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
     one_hot = F.one_hot(labels, logits.shape[1]).to(logits.dtype)
     return F.binary_cross_entropy_with_logits(logits, one_hot)
 
