@@ -9,6 +9,8 @@ import sys
 import urllib.request
 
 import numpy as np
+import pytest
+import torch
 from PIL import Image
 
 from linearlens import create_model
@@ -73,3 +75,23 @@ def test_serve_starts_on_a_free_port_on_localhost(tmp_path):
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def test_image_to_image_networks_load_from_a_python_factory(tmp_path):
+    from linearlens.explorer.loading import load_network
+
+    (tmp_path / "nets.py").write_text(
+        "import torch\n"
+        "def upscaler(scale, channels=4):\n"
+        "    return torch.nn.Sequential(torch.nn.Conv2d(3, channels, 3, padding=1), torch.nn.ReLU(),\n"
+        "                               torch.nn.Conv2d(channels, 3 * scale ** 2, 3, padding=1),\n"
+        "                               torch.nn.PixelShuffle(scale))\n"
+    )
+    model, classes, _ = load_network(f"{tmp_path / 'nets.py'}:upscaler(2, channels=5)")
+    assert classes is None and model[0].out_channels == 5 and model(torch.rand(1, 3, 6, 6)).shape == (1, 3, 12, 12)
+    torch.save({"state_dict": model.state_dict(), "info": {}}, tmp_path / "w.pt")
+    again, _, description = load_network(f"{tmp_path / 'nets.py'}:upscaler(2, channels=5)={tmp_path / 'w.pt'}")
+    assert torch.equal(again[0].weight, model[0].weight) and "w.pt" in description
+    for bad, message in (("nets.py:upscaler(", "expected a factory name"), ("nets.py:nothing", "has no function")):
+        with pytest.raises(ValueError, match=message):
+            load_network(f"{tmp_path}/{bad}")

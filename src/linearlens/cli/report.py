@@ -12,7 +12,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..explorer import Explorer
     from ..explorer.atlas import NeuronAtlas
-    from ..explorer.loading import embedded_examples, load_image_files, load_network
+    from ..explorer.loading import atlas_cache_dir, embedded_examples, load_image_files, load_network
     from ..explorer.report import evaluation_section, write_report
 
     if args.threads:
@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
         explorer.add_image(image, name, label)
     if args.atlas_layer:
         explorer.atlas = NeuronAtlas.compute(model, args.atlas_layer, args.atlas_data, limit=args.atlas_images,
-                                             cache_dir=args.cache)
+                                             cache_dir=atlas_cache_dir(args.model, args.cache))
     units = args.atlas_units if args.atlas_units is not None else list(range(4))
     path = write_report(args.out, explorer, title=f"linearlens report: {description}", evaluations=args.evaluation,
                         atlas_units=units if args.atlas_layer else [], top=args.top)
@@ -51,7 +51,7 @@ def register(subparsers) -> None:
     parser.add_argument("--atlas-units", type=int, nargs="+", help="atlas units to show (default: 0-3)")
     parser.add_argument("--atlas-data", default="all", help="'embedded', a CIFAR-10 folder, or 'all'")
     parser.add_argument("--atlas-images", type=int, default=None)
-    parser.add_argument("--cache", default=".linearlens-cache", help="folder for the cached atlas")
+    parser.add_argument("--cache", help="folder for cached atlases (default: CHECKPOINT/atlas-cache)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", default="outputs/report.html")
     parser.set_defaults(func=run)

@@ -12,7 +12,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..explorer import Explorer, make_server
     from ..explorer.atlas import NeuronAtlas
-    from ..explorer.loading import embedded_examples, load_image_files, load_network
+    from ..explorer.loading import atlas_cache_dir, embedded_examples, load_image_files, load_network
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
         explorer.add_image(image, name, label)
     if args.atlas_layer:
         explorer.atlas = NeuronAtlas.compute(model, args.atlas_layer, args.atlas_data, limit=args.atlas_images,
-                                             cache_dir=args.cache, progress=True)
+                                             cache_dir=atlas_cache_dir(args.model, args.cache), progress=True)
     try:
         server = make_server(explorer, args.host, args.port)
     except OSError as err:
@@ -52,6 +52,7 @@ def register(subparsers) -> None:
     parser.add_argument("--atlas-layer", help="compute a neuron atlas of this layer (browsable in the page)")
     parser.add_argument("--atlas-data", default="all", help="'embedded', a CIFAR-10 folder, or 'all' (both)")
     parser.add_argument("--atlas-images", type=int, default=None, help="use at most this many images for the atlas")
-    parser.add_argument("--cache", default=".linearlens-cache", help="folder for the cached atlas")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    parser.add_argument("--cache", help="folder for cached atlases (default: CHECKPOINT/atlas-cache)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default 1: on a shared machine, 2 OpenMP threads made hovers slower)")
     parser.set_defaults(func=run)
