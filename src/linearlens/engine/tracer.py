@@ -120,11 +120,19 @@ def _op_name(func: Callable) -> str:
 
 
 def _is_inplace(name: str, kwargs: dict) -> bool:
-    if kwargs.get("out") is not None:
-        return True
     if name == "__setitem__" or name.startswith("__i"):
         return True
     return name.endswith("_") and not name.endswith("__")
+
+
+def _storage_key(t: Tensor) -> int:
+    """The address of the storage behind ``t`` (through ``torch.vmap``'s batched wrappers)."""
+    while torch._C._functorch.is_batchedtensor(t):
+        t = torch._C._functorch.get_unwrapped(t)
+    try:
+        return t.untyped_storage().data_ptr()
+    except (RuntimeError, NotImplementedError):  # tensors without storage (e.g. some subclasses)
+        return id(t)
 
 
 def _keep_gate(t: Tensor) -> Tensor:
@@ -143,7 +151,8 @@ class LinearTracer(TorchFunctionMode):
         super().__init__()
         self._token = object()
         self.state = state if state is not None else current_state()
-        self._written = False  # some tensor received input-dependent values in place
+        self._written: dict[int, _Tag] = {}  # storages that received input-dependent values in place
+        self._keep: list[Tensor] = []  # their tensors, kept alive so no other tensor reuses the storage
 
     # --- tags ----------------------------------------------------------------------------------
 
@@ -159,10 +168,8 @@ class LinearTracer(TorchFunctionMode):
         if tag is not None and tag.token is self._token:
             return tag
         if self._written:
-            base = x._base
-            tag = getattr(base, _TAG_ATTR, None) if base is not None else None
-            if tag is not None and tag.token is self._token:
-                return tag
+            # A view of a tensor written in place (made before or after the write) shares its storage.
+            return self._written.get(_storage_key(x))
         return None
 
     def is_carrier(self, x: Any) -> bool:
@@ -209,6 +216,15 @@ class LinearTracer(TorchFunctionMode):
                 "detaches or reads out an activation), so its frozen linear map cannot be followed; freeze a "
                 "factor with linearlens.engine.decide instead"
             )
+        target = kwargs.get("out")
+        if target is not None:
+            # ``out=`` is not differentiable in PyTorch: compute the result, then copy it into ``out``
+            # (an in-place copy autograd follows), so the written tensor joins the system.
+            result = self.__torch_function__(func, types, args, {k: v for k, v in kwargs.items() if k != "out"})
+            for dst, src in zip(tree_flatten(target)[0], tree_flatten(result)[0]):
+                dst.copy_(src)
+                self._wrote(dst, self._tag(src) or _Tag(self._token))
+            return target
         if name in GATE_OPS:
             out, tag = self._gate_op(func, name, args, kwargs, tags)
         elif not all(t.linear for t in tags):
@@ -216,14 +232,20 @@ class LinearTracer(TorchFunctionMode):
         else:
             out, tag = self._on_linear(func, name, args, kwargs)
         if _is_inplace(name, kwargs):
-            self._written = True
-            target = kwargs.get("out", args[0] if args else None)
-            for t in tree_flatten(target)[0]:
+            for t in tree_flatten(args[0] if args else None)[0]:
                 if isinstance(t, Tensor):
-                    setattr(t, _TAG_ATTR, tag)
-                    if t._base is not None:
-                        setattr(t._base, _TAG_ATTR, tag)
+                    self._wrote(t, tag)
         return self._set(out, tag)
+
+    def _wrote(self, t: Tensor, tag: _Tag) -> None:
+        """``t`` received input-dependent values in place: it, and every view of its storage, is a carrier."""
+        setattr(t, _TAG_ATTR, tag)
+        key = _storage_key(t)
+        previous = self._written.get(key)
+        if previous is not None and previous.linear and not tag.linear:
+            tag = _Tag(tag.token, False, False, tag.origin)
+        self._written[key] = tag
+        self._keep.append(t)
 
     def _attribute(self, func: Callable, args: tuple, kwargs: dict, tags: list[_Tag]) -> Any:
         # Attribute access such as ``x.shape`` or ``x.T``: carriers stay carriers; ``x.data`` cuts.
