@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 from torch import Tensor, nn
 
+from ..validation import check_input_dtype
 from .explanation import Explanation
 from .linear import linear_explanation
 from .targets import TargetSpec
@@ -49,7 +50,11 @@ def explain(model: nn.Module, x: Tensor, target: TargetSpec = None, method: str 
         fn = _METHODS[method]
     except KeyError:
         raise ValueError(f"unknown explanation method {method!r}; available: {', '.join(list_methods())}") from None
-    return fn(model, x, target, **options)
+    try:
+        return fn(model, x, target, **options)
+    except RuntimeError:
+        check_input_dtype(model, x)  # when the dtypes differ, that is the cause: say so in one line
+        raise
 
 
 @register_method("bcos", "inherent")

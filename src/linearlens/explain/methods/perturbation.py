@@ -90,6 +90,9 @@ def occlusion(
     system, z, targets, outputs = prepare(model, x, target, "occlusion")
     (wh, ww), (sh, sw) = _pair(window, "window"), _pair(stride, "stride")
     (n, k), c = targets.shape, z.shape[1]
+    if wh > z.shape[2] or ww > z.shape[3]:
+        raise ValueError(f"the occlusion window {wh}x{ww} is larger than the {z.shape[2]}x{z.shape[3]} image; "
+                         "pass a smaller window=")
     score_fn = _score_fn(system, score)
     # One pass serves all K targets: captum attributes every element of an (N, K) output.
     attributor = Occlusion(lambda inputs, t: score_fn(inputs).gather(1, t))
