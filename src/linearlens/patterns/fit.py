@@ -23,7 +23,7 @@ from .layers import PatternLayer, conv_padding, find_pattern_layers, folded_weig
 from .patternset import LayerPatterns, PatternSet
 from .statistics import RegimeMoments, batch_moments
 
-__all__ = ["fit_patterns", "layer_moments", "layer_rows"]
+__all__ = ["fit_patterns", "layer_moments", "layer_rows", "layer_hooks"]
 
 Sink = Callable[[PatternLayer, nn.Module, Tensor, Tensor], None]
 
@@ -58,7 +58,7 @@ def layer_rows(module: nn.Module, y: Tensor) -> Tensor:
 
 
 @contextmanager
-def _layer_hooks(model: nn.Module, layers: list[PatternLayer], sink: Sink) -> Iterator[None]:
+def layer_hooks(model: nn.Module, layers: list[PatternLayer], sink: Sink) -> Iterator[None]:
     """Call ``sink(layer, module, x, y)`` with each layer's input and (folded) output on every forward pass."""
     modules = dict(model.named_modules())
     pending: dict[int, tuple[Tensor, Tensor]] = {}
@@ -111,7 +111,7 @@ def layer_moments(
     device = next((p.device for p in model.parameters()), None)
     layers = find_pattern_layers(model, _images(first).to(device))
     images = 0
-    with torch.no_grad(), _layer_hooks(model, layers, sink):
+    with torch.no_grad(), layer_hooks(model, layers, sink):
         for i, batch in enumerate(itertools.chain([first], batches)):
             if max_batches is not None and i >= max_batches:
                 break

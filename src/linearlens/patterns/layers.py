@@ -26,6 +26,7 @@ from torch.overrides import TorchFunctionMode
 
 __all__ = [
     "PatternLayer", "UnsupportedLayerError", "find_pattern_layers", "folded_weight", "norm_scale", "conv_padding",
+    "folded_bias",
 ]
 
 WEIGHTED = (nn.Conv2d, nn.Linear)
@@ -166,6 +167,16 @@ def norm_scale(norm: nn.Module) -> tuple[Tensor, Tensor]:
     if norm.bias is not None:
         t = t + norm.bias
     return s.detach(), t.detach()
+
+
+def folded_bias(module: nn.Module, norm: nn.Module | None) -> Tensor:
+    """The bias of ``module`` with ``norm`` folded in, ``(O,)`` (zeros when there is none)."""
+    w = module.weight.detach()
+    b = module.bias.detach() if module.bias is not None else w.new_zeros(w.shape[0])
+    if norm is None:
+        return b
+    s, t = norm_scale(norm)
+    return b * s.to(w.dtype) + t.to(w.dtype)
 
 
 def folded_weight(module: nn.Module, norm: nn.Module | None) -> Tensor:
