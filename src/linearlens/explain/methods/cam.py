@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ...engine.system import gradients_of
 from ...layers import BcosConv2d
 from ..api import register_method
 from ..explanation import Explanation
@@ -89,12 +90,10 @@ def _cam(
     act = captured[0]
     selected = scores.gather(1, targets)
     k = targets.shape[1]
-    maps = []
-    for j in range(k):
-        (grad,) = torch.autograd.grad(selected[:, j].sum(), act, retain_graph=j < k - 1)
-        cam = combine(act.detach(), grad)
-        maps.append(F.relu(cam) if relu else cam)
-    coarse = torch.stack(maps, 1)
+    eye = torch.eye(k, dtype=selected.dtype)
+    grads = gradients_of(selected, act, [eye[j].expand_as(selected) for j in range(k)])  # (K, N, C, h, w)
+    maps = [combine(act.detach(), grads[j]) for j in range(k)]
+    coarse = torch.stack([F.relu(m) if relu else m for m in maps], 1)
     full = F.interpolate(coarse, size=z.shape[-2:], mode="bilinear", align_corners=False)
     return Explanation(
         attributions=full,
