@@ -22,7 +22,7 @@ from collections.abc import Sequence
 __all__ = ["main", "CommandError"]
 
 # Subcommand modules, in the order they appear in ``linearlens --help``.
-SUBCOMMANDS = ("demo", "train", "explain", "evaluate", "interpret", "serve", "report")
+SUBCOMMANDS = ("demo", "train", "explain", "evaluate", "interpret", "serve", "report", "xray")
 
 
 class CommandError(Exception):

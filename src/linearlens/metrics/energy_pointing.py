@@ -38,7 +38,7 @@ from linearlens.metrics.pointing_game import energy_pointing_game
 
 __all__ = [
     "box_masks", "prepare_maps", "epg", "recall_epg", "chance_level", "epg_sweep", "EpgSummary",
-    "epg_by_outcome", "bootstrap_ci", "PairedBootstrap", "paired_bootstrap",
+    "epg_by_outcome", "summarise_pairs", "bootstrap_ci", "PairedBootstrap", "paired_bootstrap",
 ]
 
 
@@ -146,6 +146,19 @@ def _summary(scores: Tensor, chance: Tensor, seed: int, n_boot: int) -> EpgSumma
     return EpgSummary(float(scores.double().mean()), low, high, float(chance.double().mean()), scores.numel())
 
 
+def summarise_pairs(
+    scores: Tensor, chance: Tensor, predicted: Tensor, n_boot: int = 2000, seed: int = 0
+) -> dict[str, EpgSummary]:
+    """``{"all", "tp", "fn"}`` summaries of flat per-pair ``scores`` with their ``chance`` levels, split by
+    the boolean ``predicted`` (the pair's finding predicted positive: a true positive, else a false negative)."""
+    scores, chance = scores.reshape(-1).cpu(), chance.reshape(-1).cpu()
+    predicted = predicted.reshape(-1).bool().cpu()
+    if not scores.shape == chance.shape == predicted.shape:
+        raise ValueError("scores, chance and predicted must have one entry per pair")
+    groups = {"all": torch.ones_like(predicted), "tp": predicted, "fn": ~predicted}
+    return {name: _summary(scores[sel], chance[sel], seed, n_boot) for name, sel in groups.items()}
+
+
 def epg_by_outcome(
     scores: Tensor, masks: Tensor, labels: Tensor, probabilities: Tensor, thresholds: Tensor | Sequence[float],
     n_boot: int = 2000, seed: int = 0,
@@ -165,8 +178,7 @@ def epg_by_outcome(
     chance = chance_level(masks)
     eligible = (labels > 0.5) & (chance > 0)
     predicted = probabilities >= thr
-    groups = {"all": eligible, "tp": eligible & predicted, "fn": eligible & ~predicted}
-    return {name: _summary(scores[sel].cpu(), chance[sel].cpu(), seed, n_boot) for name, sel in groups.items()}
+    return summarise_pairs(scores[eligible], chance[eligible], predicted[eligible], n_boot, seed)
 
 
 @dataclass(frozen=True)
