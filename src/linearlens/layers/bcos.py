@@ -19,11 +19,23 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..engine.state import Mode, current_mode, decide
+from . import _bcos_fused as fused
 
 __all__ = ["BcosConv2d", "BcosLinear", "LogitLayer"]
 
-_EPS = 1e-6
 _PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+
+
+def _tiny(t: Tensor) -> float:
+    """The smallest normal number of ``t``'s dtype: the floor of squared patch norms.
+
+    The cosine of Eq. (3) has no epsilon: ``cos = w_hat^T x / ||x||`` is scale-invariant, so a B-cos layer is
+    exactly 1-homogeneous, ``f(a x) = a f(x)`` (and ``f(x) = W(x) x`` holds) at every input scale whose
+    squares the dtype can represent (float32: patch norms from about 1e-19 to 1e19).  The floor only keeps
+    an all-zero patch (where ``w_hat^T x = 0`` too) from dividing 0 by 0 and the square root's derivative
+    finite; an absolute epsilon added to the norm, as before, made the output 75 % too small at scale 1e-7.
+    """
+    return torch.finfo(t.dtype).tiny if t.is_floating_point() else torch.finfo(torch.float32).tiny
 
 
 def _reject_unknown(cls_name: str, unknown: dict, known: Sequence[str]) -> None:
@@ -64,7 +76,7 @@ class _BcosUnit(nn.Module):
 
     def _cosine_scale(self, linear_out: Tensor, patch_norm: Tensor) -> Tensor:
         """``|cos(x, w_hat)|^(B-1)`` (Eq. (11)); ``patch_norm`` broadcasts against ``linear_out``."""
-        cos = linear_out.abs() / (patch_norm + _EPS)
+        cos = linear_out.abs() / patch_norm.clamp_min(math.sqrt(_tiny(patch_norm)))
         if self.b >= 2:
             return cos if self.b == 2 else cos.pow(self.b - 1)
         # For 1 < B < 2 the derivative of cos^(B-1) is infinite at cos = 0 (a zero patch), which would
@@ -203,9 +215,11 @@ class BcosConv2d(_BcosUnit):
     def _channel_squares(self, x: Tensor) -> Tensor:
         """``sum_c x_c^2`` within each group, shape ``(N, groups, H, W)``.
 
-        Not ``linalg.vector_norm(x, dim=1)``: its reduction over the channel dimension is an order of
-        magnitude slower on CPU than squaring and summing.
+        One read of ``x`` with the fused kernel; else squaring and summing (``linalg.vector_norm(x, dim=1)``'s
+        reduction over the channel dimension is an order of magnitude slower on CPU).
         """
+        if fused.supports(x):
+            return fused.channel_squares(x, self.groups)
         squared = x * x
         return squared.sum(1, keepdim=True) if self.groups == 1 else squared.unflatten(1, (self.groups, -1)).sum(2)
 
@@ -234,9 +248,10 @@ class BcosConv2d(_BcosUnit):
             sums = sums + rows[..., j * dw : j * dw + (ow - 1) * sw + 1 : sw]
         return sums
 
-    def _patch_sums_transposed(self, grad: Tensor, channel_squares: Tensor) -> Tensor:
-        """The adjoint of :meth:`_patch_sums`: spreads ``grad`` back over the windows it summed."""
-        height, width = channel_squares.shape[-2:]
+    def _patch_sums_transposed(self, grad: Tensor, size: tuple[int, int]) -> Tensor:
+        """The adjoint of :meth:`_patch_sums` for a ``size = (height, width)`` input: spreads ``grad`` back
+        over the windows it summed."""
+        height, width = size
         (ph, pw), (hp, wp), (oh, ow) = self._window_geometry(height, width)
         (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
         rows = grad.new_zeros(*grad.shape[:-1], wp)
@@ -250,34 +265,35 @@ class BcosConv2d(_BcosUnit):
     def patch_norm(self, x: Tensor) -> Tensor:
         """``||x_patch||`` for every output position and group, shape ``(N, groups, H', W')``.
 
-        ``x`` must already carry any non-zero padding (see :meth:`_padded`).  The norm is kept away
-        from 0: the derivative of sqrt is infinite at an all-zero patch (NaN gradients).
+        ``x`` must already carry any non-zero padding (see :meth:`_padded`).  Squared sums are floored at the
+        dtype's smallest normal number (see :func:`_tiny`), which only matters for an all-zero patch.
         """
-        return self._patch_sums(self._channel_squares(x)).clamp_min(_EPS * _EPS).sqrt()
+        sums = self._patch_sums(self._channel_squares(x))
+        return sums.clamp_min(_tiny(sums)).sqrt()
 
-    def _multiplier(self, denominator: Tensor) -> Tensor:
-        """The per-position part of the dynamic scale, from ``denominator = ||x_patch|| + eps``
-        (``(N, groups, H', W')``, small): ``gamma / d`` for B = 2, ``1 / d`` otherwise."""
-        multiplier = self.scale / denominator if self.b == 2 else denominator.reciprocal()
-        return multiplier if self.groups == 1 else multiplier.unsqueeze(2)
+    def _multiplier(self, norm: Tensor) -> Tensor:
+        """The per-position part of the dynamic scale from ``norm = ||x_patch||`` (``(N, groups, H', W')``,
+        small): ``gamma / norm`` for B = 2, ``1 / norm`` otherwise."""
+        return self.scale / norm if self.b == 2 else norm.reciprocal()
 
-    def _dynamic_factor(
-        self, linear_out: Tensor, multiplier: Tensor, out: Tensor | None = None, gain: float = 1.0
-    ) -> Tensor:
-        """``gain * gamma * (|w_hat^T x| / (||x_patch|| + eps))^(B-1)``: the dynamic scale of Eq. (11) times
-        the fixed scale gamma, with ``multiplier`` from :meth:`_multiplier`.
+    def _dynamic_factor(self, linear_out: Tensor, multiplier: Tensor) -> Tensor:
+        """``gamma * (|w_hat^T x| / ||x_patch||)^(B-1)``: the dynamic scale of Eq. (11) times the fixed scale
+        gamma, with ``multiplier`` from :meth:`_multiplier`.
 
-        Written into ``out`` if given.  Not differentiable (in-place operations): for frozen decisions,
-        inference and :class:`_BcosConv2dLive`.
+        Not differentiable (in-place operations / fused kernel): for frozen decisions, inference and
+        :class:`_BcosConv2dLive`.
         """
+        if fused.supports(linear_out, multiplier):
+            return fused.scale_forward(
+                linear_out, multiplier, 1, self.groups, self.b, self.scale, factor_only=True
+            )[0]
         grouped = linear_out if self.groups == 1 else linear_out.unflatten(1, (self.groups, -1))
-        factor = torch.abs(grouped, out=out if out is None or self.groups == 1 else out.view_as(grouped))
-        if self.b == 2:
-            factor.mul_(multiplier if gain == 1 else multiplier * gain)
-        else:
-            factor.mul_(multiplier).pow_(self.b - 1)
-            if self.scale * gain != 1:
-                factor.mul_(self.scale * gain)
+        factor = grouped.abs()
+        factor.mul_(multiplier if self.groups == 1 else multiplier.unsqueeze(2))
+        if self.b != 2:
+            factor.pow_(self.b - 1)
+            if self.scale != 1:
+                factor.mul_(self.scale)
         return factor if self.groups == 1 else factor.view_as(linear_out)
 
     def _maxout(self, linear_out: Tensor) -> Tensor:
@@ -318,7 +334,7 @@ class BcosConv2d(_BcosUnit):
         return (units * decide(self._frozen_selection, linear, xp)).sum(2)
 
     def _frozen_factor(self, linear_out: Tensor, x_padded: Tensor) -> Tensor:
-        return self._dynamic_factor(linear_out, self._multiplier(self.patch_norm(x_padded) + _EPS))
+        return self._dynamic_factor(linear_out, self._multiplier(self.patch_norm(x_padded)))
 
     def _frozen_selection(self, linear_out: Tensor, x_padded: Tensor) -> Tensor:
         """Per unit, ``gamma |cos|^(B-1)`` for the MaxOut winner and 0 for the others, ``(N, C, max_out, H', W')``.
@@ -341,7 +357,7 @@ class BcosConv2d(_BcosUnit):
         if self.b == 1:
             factor = torch.full_like(best, self.scale)
         else:
-            factor = self._dynamic_factor(best, self._multiplier(self.patch_norm(x_padded) + _EPS))
+            factor = self._dynamic_factor(best.contiguous(), self._multiplier(self.patch_norm(x_padded)))
         selection = factor.new_empty(units.shape)
         if self.max_out == 2:
             torch.mul(factor, second_wins, out=selection[:, :, 1])
@@ -352,10 +368,14 @@ class BcosConv2d(_BcosUnit):
         return selection
 
     def _live_inference(self, xp: Tensor, w_hat: Tensor, padding: tuple[int, int]) -> Tensor:
-        """Eq. (9) without autograd: the scale is built and applied in place, in one new buffer."""
-        out = self._maxout(F.conv2d(xp, w_hat, None, self.stride, padding, self.dilation, self.groups))
-        denominator = self._patch_sums(self._channel_squares(xp)).clamp_min_(_EPS * _EPS).sqrt_().add_(_EPS)
-        return self._dynamic_factor(out, self._multiplier(denominator)).mul_(out)
+        """Eq. (9) without autograd: MaxOut, scale and product in one fused pass (or in place, eagerly)."""
+        linear = F.conv2d(xp, w_hat, None, self.stride, padding, self.dilation, self.groups)
+        multiplier = self._multiplier(self.patch_norm(xp))
+        if fused.supports(linear, multiplier):
+            out = linear if self.max_out == 1 else None
+            return fused.scale_forward(linear, multiplier, self.max_out, self.groups, self.b, self.scale, out)[0]
+        out = self._maxout(linear)
+        return self._dynamic_factor(out, multiplier).mul_(out)
 
     def _live_reference(self, xp: Tensor, w_hat: Tensor, padding: tuple[int, int]) -> Tensor:
         """Eq. (9) composed of differentiable operations: for torch.func transforms and double backward."""
@@ -389,41 +409,48 @@ def _is_batched(t: Tensor) -> bool:
 class _BcosConv2dLive(torch.autograd.Function):
     """The LIVE B-cos convolution (Eqs. (9), (17), gamma of App. C.1) with an analytic backward.
 
-    With ``o`` the (MaxOut-selected) linear output, ``d = ||x_patch|| + eps`` and
-    ``t = gamma (|o| / d)^(B-1)``, the layer is ``y = t o``, so
+    With ``o`` the (MaxOut-selected) linear output, ``d = ||x_patch||`` and ``t = gamma (|o| / d)^(B-1)``,
+    the layer is ``y = t o``, so
 
     * ``dy/do = B t``                (``o |o|^(B-1)`` has derivative ``B |o|^(B-1)``),
     * ``dy/dd = (1 - B) y / d``      and ``d||x_patch||^2 / dx = 2 x`` over the patch.
 
     Autograd would store and traverse every elementwise step of the scale (abs, division, power,
-    product, the patch norm); here the backward is a handful of fused passes, and the gradient is
-    finite at an all-zero patch (``B |o|^(B-1) = 0`` at ``o = 0``) for every B > 1.
-    A double backward (``create_graph=True``) recomputes the differentiable composition instead.
+    product, the patch norm); here the forward after the convolution is one fused pass (MaxOut, scale,
+    product; see :mod:`._bcos_fused`) and the backward one fused pass making ``dL/do`` and the channel
+    sum of ``dL/do * o``, the convolution backward and one in-place correction of ``dL/dx``, with an
+    eager fallback of a few more passes.  The gradient is finite at an all-zero patch
+    (``B |o|^(B-1) = 0`` at ``o = 0``) for every B > 1.  A double backward (``create_graph=True``)
+    recomputes the differentiable composition instead.
     """
 
     @staticmethod
     def forward(ctx, xp: Tensor, w_hat: Tensor, layer: BcosConv2d, padding: tuple[int, int]) -> Tensor:
         linear = F.conv2d(xp, w_hat, None, layer.stride, padding, layer.dilation, layer.groups)
+        sums = layer._patch_sums(layer._channel_squares(xp))
+        norm = sums.clamp_min(_tiny(sums)).sqrt()
+        multiplier = layer._multiplier(norm)
+        ctx.layer, ctx.padding, ctx.size = layer, padding, tuple(xp.shape[-2:])
+        # The output itself is not saved, so that it may be modified in place (``out += identity``).
+        if fused.supports(linear, multiplier):
+            y, best, winners = fused.scale_forward(
+                linear, multiplier, layer.max_out, layer.groups, layer.b, layer.scale, keep=True
+            )
+            ctx.save_for_backward(xp, w_hat, winners, linear if best is None else best, multiplier, sums, norm)
+            return y
         winners = None
         if layer.max_out > 1:
             units = linear.unflatten(1, (layer.out_units, layer.max_out))
             linear = units.amax(2)
             winners = units == linear.unsqueeze(2)  # kept instead of the units: 1 byte per unit
             del units
-        channel_squares = layer._channel_squares(xp)
-        sums = layer._patch_sums(channel_squares)
-        norm = sums.clamp_min(_EPS * _EPS).sqrt()
-        denominator = norm + _EPS
-        factor = layer._dynamic_factor(linear, layer._multiplier(denominator))
-        ctx.layer, ctx.padding = layer, padding
-        # The output itself is not saved, so that it may be modified in place (``out += identity``).
-        ctx.save_for_backward(xp, w_hat, winners, linear, factor, sums, norm, denominator, channel_squares)
-        return linear * factor
+        ctx.save_for_backward(xp, w_hat, winners, linear, multiplier, sums, norm)
+        return linear * layer._dynamic_factor(linear, multiplier)
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
         layer, padding = ctx.layer, ctx.padding
-        xp, w_hat, winners, linear, factor, sums, norm, denominator, channel_squares = ctx.saved_tensors
+        xp, w_hat, winners, linear, multiplier, sums, norm = ctx.saved_tensors
         need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         if torch.is_grad_enabled() or _is_batched(grad_out):
             # create_graph=True or is_grads_batched=True: differentiate the differentiable composition
@@ -435,25 +462,34 @@ class _BcosConv2dLive(torch.autograd.Function):
                 grads = iter(torch.autograd.grad(out, inputs, grad_out, create_graph=create_graph))
             return (next(grads) if need_x else None), (next(grads) if need_w else None), None, None
         b, groups = layer.b, layer.groups
-        # dy/do = B t; addcmul with a 0-dim input does the product and the factor B in one pass.
-        grad_linear = torch.addcmul(grad_out.new_zeros(()), grad_out, factor, value=b)
-        grad_full = grad_linear
-        if winners is not None:
-            spread = grad_linear.unsqueeze(2)
-            if int(winners.sum()) != linear.numel():
-                spread = spread / winners.sum(2, keepdim=True)  # ties share the gradient, as amax does
-            grad_full = torch.where(winners, spread, grad_linear.new_zeros(())).flatten(1, 2)
+        grad_out = grad_out.contiguous()
+        per_group = None
+        if fused.supports(grad_out, linear, multiplier):
+            grad_full, per_group = fused.scale_backward(
+                grad_out, linear, winners, multiplier, layer.max_out, groups, b, layer.scale
+            )
+        else:
+            # dy/do = B t; addcmul with a 0-dim input does the product and the factor B in one pass.
+            factor = layer._dynamic_factor(linear, multiplier)
+            grad_linear = torch.addcmul(grad_out.new_zeros(()), grad_out, factor, value=b)
+            grad_full = grad_linear
+            if winners is not None:
+                spread = grad_linear.unsqueeze(2)
+                if int(winners.sum()) != linear.numel():
+                    spread = spread / winners.sum(2, keepdim=True)  # ties share the gradient, as amax does
+                grad_full = torch.where(winners, spread, grad_linear.new_zeros(())).flatten(1, 2)
         grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
             grad_full, xp, w_hat, None, layer.stride, padding, layer.dilation, False, [0, 0], groups,
             (need_x, need_w, False),
         )
         if need_x:
-            # dL/dd = (1 - B)/d sum_c g y = (1 - B)/(B d) sum_c (dL/do) o; through d = sqrt(S) + eps and
-            # S = sum over the patch of x^2: dL/dx = x * adjoint_pool(dL/dd / ||x_patch||).
-            product = grad_linear.mul_(linear)  # dL/do is not needed any more: its buffer is reused
-            per_group = product.sum(1, keepdim=True) if groups == 1 else product.unflatten(1, (groups, -1)).sum(2)
-            per_group.mul_((1 - b) / b).div_(denominator * norm).mul_(sums >= _EPS * _EPS)
-            spread_back = layer._patch_sums_transposed(per_group, channel_squares)
+            # dL/dd = (1 - B)/d sum_c g y = (1 - B)/(B d) sum_c (dL/do) o; through d = sqrt(S) and
+            # S = sum over the patch of x^2: dL/dx = x * adjoint_pool(dL/dd / d).
+            if per_group is None:
+                product = grad_linear.mul_(linear)  # dL/do is not needed any more: its buffer is reused
+                per_group = product.sum(1, keepdim=True) if groups == 1 else product.unflatten(1, (groups, -1)).sum(2)
+            per_group.mul_((1 - b) / b).div_(norm * norm).mul_(sums >= _tiny(sums))
+            spread_back = layer._patch_sums_transposed(per_group, ctx.size)
             if layer.groups == 1:
                 grad_x.addcmul_(xp, spread_back)
             else:

@@ -1,0 +1,58 @@
+"""CPU-seconds per training image of the CIFAR-10 B-cos network for several widths, MaxOut and batch sizes.
+
+Both implementations (linearlens's layers and the ``bcos`` package's, same weights), 1 thread, process
+CPU time, median of ``--repeats`` interleaved steps.  Used to choose the recipe's width and batch size.
+Last line: JSON.  Usage: ``python experiments/cpu_recipe/step_cost.py [--repeats 8]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from linearlens.models import create_model
+from linearlens.training import bce_loss
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from package_net import PackageCifarNet  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeats", type=int, default=8)
+    parser.add_argument("--configs", default="0.25:1:64,0.25:2:64,0.25:2:128,0.5:1:64,0.5:2:64")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    rows = []
+    for spec in args.configs.split(","):
+        width, max_out, batch = float(spec.split(":")[0]), int(spec.split(":")[1]), int(spec.split(":")[2])
+        torch.manual_seed(0)
+        ours = create_model("bcos_cifar", b=2.0, max_out=max_out, width=width, width_scaled_gamma=True)
+        nets = {"linearlens": ours, "bcos": PackageCifarNet(ours)}
+        x, y = torch.rand(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
+        times: dict[str, list[float]] = {k: [] for k in nets}
+        for r in range(args.repeats + 2):
+            for name, net in nets.items():
+                t0 = time.process_time()
+                net.zero_grad(set_to_none=True)
+                bce_loss(net(x), y).backward()
+                if r >= 2:
+                    times[name].append(time.process_time() - t0)
+        row = {"width": width, "max_out": max_out, "batch": batch}
+        for name in nets:
+            row[f"{name}_ms_per_image"] = round(1e3 * statistics.median(times[name]) / batch, 3)
+        row["bcos_over_linearlens"] = round(row["bcos_ms_per_image"] / row["linearlens_ms_per_image"], 3)
+        print(row, flush=True)
+        rows.append(row)
+    print(json.dumps({"threads": 1, "clock": "process_time", "rows": rows}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

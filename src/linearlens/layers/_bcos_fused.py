@@ -1,0 +1,278 @@
+"""Fused CPU kernels for the B-cos convolution's elementwise work (optional; eager fallback).
+
+What a B-cos convolution adds to ``F.conv2d`` is a little arithmetic and a lot of memory traffic: in
+eager PyTorch the patch norms need ``x * x`` written out and read back, and the dynamic scale
+``gamma (|o| / d)^(B-1)`` of Eq. (11) and the product with ``o`` are three more full-size passes
+(abs, times the per-position factor, times ``o``), MaxOut (Eq. (17)) another two.  These kernels do
+each job in ONE pass over the full-size tensors:
+
+* ``channel_squares``: ``sum_c x_c^2`` per group (reads ``x`` once, writes a one-channel map);
+* ``scale_forward``: MaxOut winner, dynamic scale and product (reads the convolution's output once,
+  writes ``y``; optionally the winning linear output and a one-byte winner mask for the backward);
+* ``scale_backward``: ``dL/do = B t dL/dy`` scattered to the MaxOut winners and, in the same pass,
+  the channel sum of ``dL/do * o`` that the gradient through the patch norm needs.
+
+They are plain C (no PyTorch headers), compiled once with the system C compiler into a per-user cache
+(about a second) and called through :mod:`ctypes` on contiguous float32/float64 CPU tensors.  Without a
+compiler, on other devices or dtypes, or with ``LINEARLENS_FUSED=0`` in the environment, the layer
+uses its eager implementation, which computes the same values.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+__all__ = ["available", "supports", "channel_squares", "scale_forward", "scale_backward"]
+
+_SOURCE = r"""
+#include <math.h>
+#include <stdint.h>
+
+#define KERNELS(T, SUF, FABS, POW)                                                                     \
+void channel_squares_##SUF(const T* x, T* out, int64_t rows, int64_t per_group, int64_t hw) {          \
+    for (int64_t r = 0; r < rows; ++r) {                                                               \
+        const T* xr = x + r * per_group * hw;                                                          \
+        T* o = out + r * hw;                                                                           \
+        for (int64_t p = 0; p < hw; ++p) o[p] = xr[p] * xr[p];                                         \
+        for (int64_t k = 1; k < per_group; ++k) {                                                      \
+            const T* xk = xr + k * hw;                                                                 \
+            for (int64_t p = 0; p < hw; ++p) o[p] += xk[p] * xk[p];                                    \
+        }                                                                                              \
+    }                                                                                                  \
+}                                                                                                      \
+/* f = |o| m (B = 2, m = gamma / d) or scale (|o| m)^(B-1) (m = 1 / d); y = f o. */                    \
+static inline T factor_##SUF(T o, T m, int b_is_two, T bm1, T scale) {                                 \
+    T f = FABS(o) * m;                                                                                 \
+    if (b_is_two) return f;                                                                            \
+    f = POW(f, bm1);                                                                                   \
+    return scale != (T)1 ? f * scale : f;                                                              \
+}                                                                                                      \
+void scale_forward_##SUF(const T* lin, const T* mult, T* y, T* o_out, uint8_t* win, int64_t n,        \
+                         int64_t c, int64_t units, int64_t groups, int64_t hw, int64_t factor_only,   \
+                         double b, double scale) {                                                    \
+    const int b_is_two = b == 2.0; const T bm1 = (T)(b - 1.0), sc = (T)scale;                          \
+    const int64_t per_group = c / groups;                                                              \
+    for (int64_t i = 0; i < n; ++i) for (int64_t ch = 0; ch < c; ++ch) {                               \
+        const T* m = mult + (i * groups + ch / per_group) * hw;                                        \
+        const T* base = lin + (i * c + ch) * units * hw;                                               \
+        T* yo = y + (i * c + ch) * hw;                                                                 \
+        if (units == 1) {                                                                              \
+            for (int64_t p = 0; p < hw; ++p) {                                                         \
+                const T o = base[p];                                                                   \
+                const T f = factor_##SUF(o, m[p], b_is_two, bm1, sc);                                  \
+                yo[p] = factor_only ? f : f * o;                                                       \
+            }                                                                                          \
+            continue;                                                                                  \
+        }                                                                                              \
+        T* oo = o_out ? o_out + (i * c + ch) * hw : 0;                                                 \
+        uint8_t* w = win ? win + (i * c + ch) * units * hw : 0;                                        \
+        for (int64_t p = 0; p < hw; ++p) {                                                             \
+            T best = base[p];                                                                          \
+            for (int64_t k = 1; k < units; ++k) {                                                      \
+                const T v = base[k * hw + p];                                                          \
+                if (v > best || v != v) best = v;                                                      \
+            }                                                                                          \
+            if (oo) oo[p] = best;                                                                      \
+            if (w) for (int64_t k = 0; k < units; ++k) w[k * hw + p] = base[k * hw + p] == best;       \
+            const T f = factor_##SUF(best, m[p], b_is_two, bm1, sc);                                   \
+            yo[p] = factor_only ? f : f * best;                                                        \
+        }                                                                                              \
+    }                                                                                                  \
+}                                                                                                      \
+void scale_backward_##SUF(const T* g, const T* lin, const uint8_t* win, const T* mult, T* grad_full,  \
+                          T* sums, int64_t n, int64_t c, int64_t units, int64_t groups, int64_t hw,    \
+                          double b, double scale) {                                                    \
+    const int b_is_two = b == 2.0; const T bm1 = (T)(b - 1.0), sc = (T)scale, bb = (T)b;               \
+    const int64_t per_group = c / groups;                                                              \
+    for (int64_t r = 0; r < n * groups * hw; ++r) sums[r] = 0;                                         \
+    for (int64_t i = 0; i < n; ++i) for (int64_t ch = 0; ch < c; ++ch) {                               \
+        const int64_t grp = i * groups + ch / per_group;                                               \
+        const T* m = mult + grp * hw;                                                                  \
+        T* s = sums + grp * hw;                                                                        \
+        const T* go = g + (i * c + ch) * hw;                                                           \
+        const T* o = lin + (i * c + ch) * hw;                                                          \
+        T* gf = grad_full + (i * c + ch) * units * hw;                                                 \
+        if (units == 1) {                                                                              \
+            for (int64_t p = 0; p < hw; ++p) {                                                         \
+                const T gl = bb * (go[p] * factor_##SUF(o[p], m[p], b_is_two, bm1, sc));               \
+                gf[p] = gl;                                                                            \
+                s[p] += gl * o[p];                                                                     \
+            }                                                                                          \
+            continue;                                                                                  \
+        }                                                                                              \
+        const uint8_t* w = win + (i * c + ch) * units * hw;                                            \
+        for (int64_t p = 0; p < hw; ++p) {                                                             \
+            const T gl = bb * (go[p] * factor_##SUF(o[p], m[p], b_is_two, bm1, sc));                   \
+            s[p] += gl * o[p];                                                                         \
+            int count = 0;                                                                             \
+            for (int64_t k = 0; k < units; ++k) count += w[k * hw + p];                                \
+            /* ties share the gradient, as autograd's amax does */                                     \
+            const T share = count > 1 ? gl / (T)count : gl;                                            \
+            for (int64_t k = 0; k < units; ++k) gf[k * hw + p] = w[k * hw + p] ? share : (T)0;         \
+        }                                                                                              \
+    }                                                                                                  \
+}
+
+KERNELS(float, f32, fabsf, powf)
+KERNELS(double, f64, fabs, pow)
+"""
+
+_FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fno-fast-math", "-shared", "-fPIC"]
+_LOCK = threading.Lock()
+_STATE: dict[str, object] = {}
+_I64, _F64, _PTR = ctypes.c_int64, ctypes.c_double, ctypes.c_void_p
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("LINEARLENS_CACHE") or os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root) / "linearlens" / "kernels"
+
+
+def _cpu_key() -> str:
+    """What ``-march=native`` depends on: the CPU's feature flags (a shared home on other CPUs rebuilds)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return line
+    except OSError:
+        pass
+    return platform.processor() + platform.machine()
+
+
+def _build(compiler: str) -> Path:
+    key = hashlib.sha256("\0".join([_SOURCE, *_FLAGS, compiler, _cpu_key(), sys.platform]).encode()).hexdigest()
+    target = _cache_dir() / f"bcos_fused_{key[:20]}.so"
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        src = Path(tmp) / "bcos_fused.c"
+        src.write_text(_SOURCE)
+        built = Path(tmp) / target.name
+        subprocess.run([compiler, *_FLAGS, str(src), "-o", str(built), "-lm"], check=True, capture_output=True,
+                       timeout=120)
+        os.replace(built, target)  # atomic: concurrent builders each install a complete file
+    return target
+
+
+def _load() -> ctypes.CDLL | None:
+    with _LOCK:
+        if "lib" in _STATE:
+            return _STATE["lib"]  # type: ignore[return-value]
+        lib = None
+        if os.environ.get("LINEARLENS_FUSED", "1") != "0" and sys.platform.startswith("linux"):
+            compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+            if compiler:
+                try:
+                    lib = ctypes.CDLL(str(_build(compiler)))
+                    for suffix in ("f32", "f64"):
+                        getattr(lib, f"channel_squares_{suffix}").argtypes = [_PTR, _PTR, _I64, _I64, _I64]
+                        getattr(lib, f"scale_forward_{suffix}").argtypes = [_PTR] * 5 + [_I64] * 6 + [_F64] * 2
+                        getattr(lib, f"scale_backward_{suffix}").argtypes = [_PTR] * 6 + [_I64] * 5 + [_F64] * 2
+                except (OSError, subprocess.SubprocessError) as err:
+                    _STATE["error"] = f"{type(err).__name__}: {err}"
+                    lib = None
+            else:
+                _STATE["error"] = "no C compiler found (cc/gcc)"
+        _STATE["lib"] = lib
+        return lib
+
+
+def available() -> bool:
+    """Whether the fused kernels are compiled and loaded (builds them on the first call)."""
+    return _load() is not None
+
+
+def unavailable_reason() -> str | None:
+    """Why :func:`available` is False, if it is."""
+    _load()
+    return _STATE.get("error")  # type: ignore[return-value]
+
+
+_SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
+
+
+def supports(*tensors: Tensor) -> bool:
+    """True when every tensor is a contiguous float32/float64 CPU tensor of one dtype that autograd need not
+    track, outside any torch.func transform, and the kernels are available."""
+    first = tensors[0]
+    grad = torch.is_grad_enabled()
+    return (
+        first.dtype in _SUFFIX
+        and all(
+            t.device.type == "cpu" and t.dtype == first.dtype and t.is_contiguous() and not (grad and t.requires_grad)
+            for t in tensors
+        )
+        and not torch._C._are_functorch_transforms_active()
+        and available()
+    )
+
+
+def _fn(name: str, dtype: torch.dtype):
+    return getattr(_load(), f"{name}_{_SUFFIX[dtype]}")
+
+
+def _ptr(t: Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def channel_squares(x: Tensor, groups: int) -> Tensor:
+    """``sum_c x_c^2`` within each group of channels of ``x`` (N, C, H, W): ``(N, groups, H, W)``."""
+    n, c, h, w = x.shape
+    out = x.new_empty(n, groups, h, w)
+    _fn("channel_squares", x.dtype)(x.data_ptr(), out.data_ptr(), n * groups, c // groups, h * w)
+    return out
+
+
+def scale_forward(
+    linear: Tensor, multiplier: Tensor, units: int, groups: int, b: float, scale: float,
+    out: Tensor | None = None, keep: bool = False, factor_only: bool = False,
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """MaxOut over ``units``, then ``y = f o`` with ``f`` the dynamic scale (see the module docstring).
+
+    ``linear`` is the convolution's output ``(N, C * units, H, W)``; ``multiplier`` ``(N, groups, H, W)``
+    is ``gamma / d`` for B = 2 and ``1 / d`` otherwise (``d = ||x_patch|| + eps``).  ``out`` may be
+    ``linear`` itself when ``units == 1`` (in place).  With ``keep`` (and MaxOut) also returns the winning
+    linear outputs and the one-byte winner mask ``(N, C, units, H, W)`` the backward needs.  With
+    ``factor_only`` writes the dynamic scale ``f`` instead of ``y``.
+    """
+    n, cu, h, w = linear.shape
+    c = cu // units
+    y = linear.new_empty(n, c, h, w) if out is None else out
+    o_out = win = None
+    if keep and units > 1:
+        o_out = linear.new_empty(n, c, h, w)
+        win = torch.empty(n, c, units, h, w, dtype=torch.uint8)
+    _fn("scale_forward", linear.dtype)(
+        linear.data_ptr(), multiplier.data_ptr(), y.data_ptr(), _ptr(o_out), _ptr(win), n, c, units, groups, h * w,
+        int(factor_only), float(b), float(scale),
+    )
+    return y, o_out, win
+
+
+def scale_backward(
+    grad_out: Tensor, linear: Tensor, winners: Tensor | None, multiplier: Tensor, units: int, groups: int,
+    b: float, scale: float,
+) -> tuple[Tensor, Tensor]:
+    """``dL/d(conv output)`` (``(N, C * units, H, W)``, zero for MaxOut losers) and, per group and position,
+    ``sum_c dL/do * o`` (``(N, groups, H, W)``), from ``dL/dy`` and the saved winning linear outputs."""
+    n, c, h, w = grad_out.shape
+    grad_full = grad_out.new_empty(n, c * units, h, w)
+    sums = grad_out.new_empty(n, groups, h, w)
+    _fn("scale_backward", grad_out.dtype)(
+        grad_out.data_ptr(), linear.data_ptr(), _ptr(winners), multiplier.data_ptr(), grad_full.data_ptr(),
+        sums.data_ptr(), n, c, units, groups, h * w, float(b), float(scale),
+    )
+    return grad_full, sums
