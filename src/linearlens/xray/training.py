@@ -72,7 +72,7 @@ def fit(model: nn.Module, train: XraySet, val: XraySet, settings: FitSettings, d
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total, count = total + float(loss) * len(x), count + len(x)
+            total, count = total + float(loss.detach()) * len(x), count + len(x)
         val_loss = float(F.binary_cross_entropy_with_logits(
             predict_logits(model, val, device=settings.device), val.labels))
         scheduler.step(val_loss)
