@@ -133,7 +133,9 @@ def test_integrated_gradients_equal_input_x_gradient_on_a_homogeneous_bcos_netwo
 
 def test_module_hook_methods_reduce_to_gradients_without_relu_modules(bcos, relu_net, images):
     ixg = explain(bcos, images, 3, method="ixg")
-    assert torch.allclose(explain(bcos, images, 3, method="deeplift").attributions, ixg.attributions, atol=1e-6)
+    # float32: captum's DeepLIFT runs the layers' fused backward along another path; equal up to rounding
+    scale = ixg.attributions.abs().max()
+    assert torch.allclose(explain(bcos, images, 3, method="deeplift").attributions, ixg.attributions, atol=1e-5 * scale)
     signed = explain(bcos, images, 3, method="gradient", abs=False)
     for method in ("guided_backprop", "deconvnet"):
         e = explain(bcos, images, 3, method=method)
