@@ -19,6 +19,15 @@ from linearlens.patterns.quality import quality_per_layer
 A_S = torch.tensor([1.0, 0.0], dtype=torch.float64)
 MU = 0.5
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one intra-op thread (OpenMP spin-waiting on shared cores costs 20x here)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 
 def toy_data(a_d: Tensor, n: int = 4000, seed: int = 0) -> tuple[Tensor, Tensor]:
     """``(x (n, 2, 1, 1), y (n,))`` with ``y ~ U[-1, 1]`` and ``eps`` of mean ``MU``, uncorrelated with y per regime."""
