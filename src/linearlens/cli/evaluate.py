@@ -33,6 +33,7 @@ from ..metrics.evaluation import (
 )
 from ..models import create_model
 from ..training import load_checkpoint
+from ..training.checkpoint import write_json
 from . import CommandError
 
 DEFAULT_METHODS = "bcos,gradient,ixg,ig,deeplift,gradcam,layercam,guided_backprop,deconvnet,lime,rise,occlusion"
@@ -197,8 +198,8 @@ def _run(args: argparse.Namespace) -> int:
         "command": command, "metric": args.metric, "model": model_name, "data": args.data, "split": args.split,
         "accuracy": accuracy, "settings": settings, "methods": table,
     }
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    (out / "scores.json").write_text(json.dumps({k: v.tolist() for k, v in scores.items()}) + "\n")
+    write_json(out / "scores.json", {k: v.tolist() for k, v in scores.items()})
+    write_json(out / "results.json", results, sort_keys=False)  # last: its presence means the run finished
     if scores:
         box_plot(scores, out / "boxplot.png", f"{args.metric} - {model_name}", ylabel)
     width = max(len(m) for m in table)

@@ -1,14 +1,19 @@
 """``linearlens interpret``: the linear interpreter (LinearScope) of a classifier on CIFAR-10 images.
 
-Writes ``summary.json`` (residual share of the top-1 score, Table 3; layer-wise bias contributions,
-Theorem 1), ``contributions.png`` (Fig. 4) and ``pixel_votes.png`` (pixel discussions and votes,
-Fig. 3) for a checkpoint written by ``linearlens train`` or a registered model.
+Writes ``summary.json`` (how much of the top-1 score the residual ``r(x0)`` carries, Table 3;
+layer-wise bias contributions, Theorem 1), ``contributions.png`` (Fig. 4) and ``pixel_votes.png``
+(pixel discussions and votes, Fig. 3) for a checkpoint written by ``linearlens train`` or a
+registered model.
+
+The residual's share is reported as ``|r| / (|F(x0) x0| + |r|)`` (in [0, 1]) with its median and
+quantiles: the plain ratio ``r / f(x0)`` explodes for scores near zero, so its mean and standard
+deviation say nothing.  For a B-cos network the residual is exactly its logit bias ``b`` (the B-cos
+layers are bias-free, Eq. (16) of the B-cos paper), the same for every image and class.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
@@ -17,7 +22,9 @@ from ..data import load_cifar10
 from ..figures import save_figure, subplots
 from ..interpret import LinearScope, bias_contributions, pixel_discussions
 from ..interpret.plots import contribution_bars, pixel_vote_grid
+from ..layers import LogitLayer
 from ..models import create_model, list_models
+from ..training.checkpoint import write_json
 from . import CommandError
 
 
@@ -30,6 +37,47 @@ def _model(args: argparse.Namespace) -> torch.nn.Module:
         raise CommandError(f"unknown model {args.model!r}; registered: {', '.join(list_models())}")
     torch.manual_seed(args.seed)
     return create_model(args.model).eval()
+
+
+def _quantiles(values: torch.Tensor) -> dict[str, float]:
+    q = torch.quantile(values.double(), torch.tensor([0.05, 0.25, 0.5, 0.75, 0.95], dtype=torch.float64))
+    return {"median": float(q[2]), "q25": float(q[1]), "q75": float(q[3]), "q05": float(q[0]), "q95": float(q[4]),
+            "mean": float(values.double().mean())}
+
+
+def residual_statistics(score: torch.Tensor, residual: torch.Tensor) -> dict:
+    """How much of ``score = F(x0) x0 + r`` the residual ``r`` carries, per image, summarised robustly.
+
+    ``residual_fraction`` is ``|r| / (|F(x0) x0| + |r|)`` in [0, 1] (0 when both parts vanish);
+    ``residual_over_score`` is the signed ratio ``r / score`` by quantiles only, since it is unbounded
+    for scores near zero; ``residual`` and ``score`` give the raw values.
+    """
+    linear = (score - residual).abs()
+    denominator = linear + residual.abs()
+    fraction = torch.where(denominator > 0, residual.abs() / denominator.clamp_min(1e-300), torch.zeros_like(linear))
+    ratio = residual / score
+    stats = {
+        "residual_fraction": _quantiles(fraction),
+        "residual": _quantiles(residual),
+        "score": _quantiles(score),
+        "images": int(score.numel()),
+    }
+    finite = ratio[torch.isfinite(ratio)]
+    if finite.numel():
+        stats["residual_over_score"] = {k: v for k, v in _quantiles(finite).items() if k != "mean"}
+    return stats
+
+
+def logit_bias_check(model: torch.nn.Module, residual: torch.Tensor) -> dict:
+    """For a network ending in a :class:`LogitLayer` (B-cos): its bias and how far ``r`` is from it."""
+    layers = [m for m in model.modules() if isinstance(m, LogitLayer)]
+    if len(layers) != 1:
+        return {}
+    bias = layers[0].bias
+    deviation = float((residual - bias).abs().max())
+    # Bias-free (B-cos) layers before it: r(x0) = b up to rounding; other layers add their own biases.
+    return {"logit_bias": bias, "max_abs_residual_minus_bias": deviation,
+            "residual_is_logit_bias": deviation <= 1e-4 * (1 + abs(bias))}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,21 +95,23 @@ def run(args: argparse.Namespace) -> int:
     if scope.output.dim() != 2:
         raise CommandError(f"'interpret' needs a classifier (outputs (N, classes)), got outputs {scope.out_shape}")
     top = scope.output.argmax(1, keepdim=True)
-    share = scope.residual.gather(1, top).squeeze(1) / scope.output.gather(1, top).squeeze(1)
+    residual_stats = residual_statistics(scope.output.gather(1, top).squeeze(1),
+                                         scope.residual.gather(1, top).squeeze(1))
+    residual_stats.update(logit_bias_check(model, scope.residual))
+    fraction = residual_stats["residual_fraction"]
     groups = None if args.groups == "module" else args.groups
     parts = bias_contributions(model, stats, groups=groups, centering=args.centering, chunk_size=4)
     table, columns, _ = parts.table()
     summary = {
         "images": len(stats),
-        "residual_share_top1": {
-            "mean": float(share.mean()), "std": float(share.std()), "median": float(share.median()),
-        },
+        "residual_top1": residual_stats,
         "contributions_top1_mean": dict(zip(columns, table[:, 0].mean(0).tolist())),
         "decomposition_max_abs_error": float((parts.total() - parts.output).abs().max()),
     }
     fig, ax = subplots(figsize=(6, 3.6))
     contribution_bars(ax, table[:, 0], columns, f"contributions to the top-1 score, {len(stats)} images\n"
-                      f"residual share {float(share.mean()):.0%} ± {float(share.std()):.0%}")
+                      f"|r| / (|F(x0)x0| + |r|): median {fraction['median']:.0%} "
+                      f"(IQR {fraction['q25']:.0%}-{fraction['q75']:.0%})")
     save_figure(fig, out / "contributions.png", dpi=130)
 
     sub = data.subset(args.indices)
@@ -70,9 +120,13 @@ def run(args: argparse.Namespace) -> int:
     labels = [f"#{i}: {data.classes[int(c)]}" for i, c in zip(args.indices, sub.labels)]
     drawn = pixel_vote_grid(images, pd, data.classes, out / "pixel_votes.png", labels=labels)
     summary["pixel_votes"] = [{"index": i, **e} for i, e in zip(args.indices, drawn["images"])]
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    print(f"residual share of the top-1 score: {float(share.mean()):.1%} ± {float(share.std()):.1%} "
-          f"over {len(stats)} images")
+    write_json(out / "summary.json", summary, sort_keys=False)
+    print(f"residual share of the top-1 score, |r| / (|F(x0)x0| + |r|): median {fraction['median']:.1%} "
+          f"(quartiles {fraction['q25']:.1%}, {fraction['q75']:.1%}; "
+          f"5-95%: {fraction['q05']:.1%}-{fraction['q95']:.1%}) over {len(stats)} images")
+    if residual_stats.get("residual_is_logit_bias"):
+        print(f"the residual is the logit bias b = {residual_stats['logit_bias']:.4f} of the B-cos network "
+              f"(largest deviation {residual_stats['max_abs_residual_minus_bias']:.1e}): its layers are bias-free")
     print(f"wrote {out / 'summary.json'}, {out / 'contributions.png'}, {out / 'pixel_votes.png'}")
     return 0
 

@@ -83,9 +83,9 @@ def replace_atomically(path: str | os.PathLike, write: Callable[[Path], None]) -
     _fsync_directory(path.parent)
 
 
-def write_json(path: str | os.PathLike, data: Any) -> None:
+def write_json(path: str | os.PathLike, data: Any, sort_keys: bool = True) -> None:
     """Write ``data`` as indented JSON, atomically."""
-    text = json.dumps(data, indent=2, sort_keys=True) + "\n"
+    text = json.dumps(data, indent=2, sort_keys=sort_keys) + "\n"
     replace_atomically(path, lambda p: p.write_text(text))
 
 
