@@ -27,6 +27,9 @@ def add_training_arguments(parser: argparse.ArgumentParser, epochs: int, width: 
     parser.add_argument("--test-per-class", type=int, default=None, help="use only the first n test images per class")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--device", default="auto", help="'auto' (CUDA if available), 'cpu', 'cuda' or 'cuda:N'")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                        help="bf16: autocast the forward pass to bfloat16 (mixed precision)")
     parser.add_argument("--out", default=out, help="run directory (checkpoints, config, history)")
     parser.add_argument("--no-resume", action="store_true", help="start over even if --out holds a run")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -62,6 +65,8 @@ def config_from_args(args: argparse.Namespace, model: str = "bcos_cifar") -> Tra
         lr_final=args.lr_final,
         seed=args.seed,
         threads=args.threads,
+        device=args.device,
+        precision=args.precision,
     )
 
 

@@ -5,6 +5,11 @@ model's :class:`~linearlens.layers.LogitLayer`), Adam, a cosine learning-rate sc
 to ``lr_final``, random horizontal flips and padded random crops.  After every epoch the weights
 and the full training state are checkpointed, so ``resume=True`` continues an interrupted run
 without losing a finished epoch.
+
+The same call runs data-parallel under ``torchrun`` (:mod:`.distributed`): DistributedDataParallel
+over ``gloo`` (CPU) or ``nccl`` (CUDA), each rank taking its DistributedSampler shard of every epoch
+and ``batch_size / world_size`` images of every global batch of ``batch_size``; rank 0 writes the
+run directory.  ``device`` picks the device and ``precision="bf16"`` autocasts the forward pass.
 """
 
 from __future__ import annotations
@@ -32,6 +37,15 @@ from .checkpoint import (
     save_training_state,
     write_json,
 )
+from .distributed import (
+    PRECISIONS,
+    DistributedContext,
+    autocast,
+    distributed,
+    gather_rows,
+    shard_indices,
+    wrap_model,
+)
 
 __all__ = ["TrainConfig", "train", "evaluate_accuracy", "bce_loss", "cosine_lr"]
 
@@ -52,6 +66,9 @@ class TrainConfig:
     lr_final: float = 1e-5
     seed: int = 0
     threads: int | None = None
+    device: str = "auto"
+    precision: str = "fp32"
+    augment: bool = True
 
     def validate(self) -> None:
         """Raise ``ValueError`` for settings that cannot train."""
@@ -61,6 +78,8 @@ class TrainConfig:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if not (self.lr > 0 and self.lr_final > 0 and self.lr_final <= self.lr):
             raise ValueError(f"need 0 < lr_final <= lr, got lr={self.lr}, lr_final={self.lr_final}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
 
 def bce_loss(logits: Tensor, labels: Tensor) -> Tensor:
@@ -81,16 +100,23 @@ def cosine_lr(step: int, total_steps: int, lr: float, lr_final: float) -> float:
 
 
 @torch.no_grad()
-def evaluate_accuracy(model: nn.Module, images: ImageSet, batch_size: int = 256) -> float:
-    """Top-1 accuracy of ``model`` on an :class:`ImageSet`."""
+def evaluate_accuracy(
+    model: nn.Module, images: ImageSet, batch_size: int = 256, ctx: DistributedContext | None = None
+) -> float:
+    """Top-1 accuracy of ``model`` on an :class:`ImageSet` (sharded over the ranks of ``ctx``)."""
+    ctx = ctx or DistributedContext()
     was_training = model.training
     model.eval()
-    correct = 0
-    for start in range(0, len(images), batch_size):
-        x = images.images[start : start + batch_size].float().div_(255)
-        correct += int((model(x).argmax(1) == images.labels[start : start + batch_size]).sum())
+    device = next(model.parameters()).device
+    indices = shard_indices(len(images), ctx)
+    hits = []
+    for start in range(0, len(indices), batch_size):
+        idx = indices[start : start + batch_size]
+        x = images.images[idx].float().div_(255).to(device)
+        hits.append((model(x).argmax(1).cpu() == images.labels[idx]).float())
     model.train(was_training)
-    return correct / max(len(images), 1)
+    correct = gather_rows(torch.cat(hits) if hits else torch.zeros(0), indices, len(images), ctx)
+    return float(correct.sum()) / max(len(images), 1)
 
 
 def _load_data(config: TrainConfig) -> tuple[ImageSet, ImageSet]:
@@ -107,17 +133,20 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True) -> di
     its last finished epoch; its saved configuration must match ``config``.
     """
     config.validate()
-    with num_threads(config.threads):
-        return _train(config, resume, progress)
+    with num_threads(config.threads), distributed(config.device) as ctx:
+        return _train(config, resume, progress, ctx)
 
 
-def _train(config: TrainConfig, resume: bool, progress: bool) -> dict[str, Any]:
+def _train(config: TrainConfig, resume: bool, progress: bool, ctx: DistributedContext) -> dict[str, Any]:
+    if config.batch_size % ctx.world_size:
+        raise ValueError(f"batch_size {config.batch_size} must be divisible by the {ctx.world_size} processes")
+    progress = progress and ctx.is_main
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     train_set, test_set = _load_data(config)
 
     torch.manual_seed(config.seed)
-    model = create_model(config.model, **config.model_args)
+    model = create_model(config.model, **config.model_args).to(ctx.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     generator = torch.Generator().manual_seed(config.seed)
     history: list[dict[str, float]] = []
@@ -139,27 +168,34 @@ def _train(config: TrainConfig, resume: bool, progress: bool) -> dict[str, Any]:
             start_epoch = int(meta["finished_epochs"])
             history = read_json(out / HISTORY)[:start_epoch] if (out / HISTORY).is_file() else []
 
-    steps_per_epoch = math.ceil(len(train_set) / config.batch_size)
+    net = wrap_model(model, ctx)
+    local_batch = config.batch_size // ctx.world_size
+    steps_per_epoch = math.ceil(math.ceil(len(train_set) / ctx.world_size) / local_batch)
     total_steps = steps_per_epoch * config.epochs
     images = train_set.images
     labels = train_set.labels
     metrics: dict[str, Any] = {"resumed_from_epoch": start_epoch}
 
     for epoch in range(start_epoch, config.epochs):
-        model.train()
-        order = torch.randperm(len(train_set), generator=generator)
+        net.train()
+        if ctx.is_distributed:
+            order = shard_indices(len(train_set), ctx, shuffle=True, seed=config.seed, epoch=epoch)
+        else:
+            order = torch.randperm(len(train_set), generator=generator)
         bar = tqdm(
             range(steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False
         )
         t0, loss_sum, seen, correct = time.perf_counter(), 0.0, 0, 0
         for step in bar:
-            idx = order[step * config.batch_size : (step + 1) * config.batch_size]
-            x = augment_batch(images[idx].float().div_(255), generator)
-            y = labels[idx]
+            idx = order[step * local_batch : (step + 1) * local_batch]
+            x = images[idx].float().div_(255)
+            x = (augment_batch(x, generator) if config.augment else x).to(ctx.device)
+            y = labels[idx].to(ctx.device)
             for group in optimizer.param_groups:
                 group["lr"] = cosine_lr(epoch * steps_per_epoch + step, total_steps, config.lr, config.lr_final)
-            logits = model(x)
-            loss = bce_loss(logits, y)
+            with autocast(ctx, config.precision):
+                logits = net(x)
+            loss = bce_loss(logits.float(), y)
             if not torch.isfinite(loss):
                 raise FloatingPointError(
                     f"loss became {loss.detach().item()} at epoch {epoch + 1}, step {step}; try a smaller lr or "
@@ -172,7 +208,11 @@ def _train(config: TrainConfig, resume: bool, progress: bool) -> dict[str, Any]:
             seen += len(idx)
             correct += int((logits.argmax(1) == y).sum())
             bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}")
-        test_acc = evaluate_accuracy(model, test_set)
+        test_acc = evaluate_accuracy(model, test_set, ctx=ctx)
+        if ctx.is_distributed:
+            totals = torch.tensor([loss_sum, seen, correct], dtype=torch.float64, device=ctx.device)
+            torch.distributed.all_reduce(totals)
+            loss_sum, seen, correct = float(totals[0]), int(totals[1]), int(totals[2])
         record = {
             "epoch": epoch + 1,
             "train_loss": loss_sum / seen,
@@ -186,6 +226,8 @@ def _train(config: TrainConfig, resume: bool, progress: bool) -> dict[str, Any]:
                 f"epoch {epoch + 1}/{config.epochs}: loss {record['train_loss']:.4f}, "
                 f"train acc {record['train_accuracy']:.3f}, test acc {test_acc:.4f} ({record['seconds']:.0f} s)"
             )
+        if not ctx.is_main:
+            continue
         # The training state last: until it is replaced, a resume repeats this epoch from its start.
         save_model(out, model, config.model, config.model_args, {"training": asdict(config), "test_accuracy": test_acc})
         write_json(out / HISTORY, history)
@@ -194,11 +236,13 @@ def _train(config: TrainConfig, resume: bool, progress: bool) -> dict[str, Any]:
     final = history[-1] if history else {}
     metrics.update(
         {
-            "test_accuracy": final.get("test_accuracy", evaluate_accuracy(model, test_set)),
+            "test_accuracy": final.get("test_accuracy", evaluate_accuracy(model, test_set, ctx=ctx)),
             "epochs": config.epochs,
             "train_images": len(train_set),
             "test_images": len(test_set),
             "run_dir": str(out),
+            "world_size": ctx.world_size,
+            "device": str(ctx.device),
         }
     )
     metrics["model"] = model.eval()
