@@ -20,6 +20,7 @@ Eigen-inputs ``v`` live in the explained-input domain, eigen-outputs ``u`` in th
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,7 +31,7 @@ from torch import Tensor
 
 from .linear_scope import LinearScope
 
-__all__ = ["SVDResult", "svd", "power_svd", "krylov_svd"]
+__all__ = ["SVDResult", "svd", "power_svd", "krylov_svd", "SVDConvergenceWarning", "SVDConvergenceError"]
 
 
 @dataclass
@@ -44,6 +45,9 @@ class SVDResult:
         passes: number of ``(F v, F^T F v)`` evaluations (two-batch passes with backward) used.
         method: ``"power"`` or ``"krylov"``.
         meta: method options and diagnostics.
+        residuals: ``(k, 2)``: ``||F v - sigma u|| / sigma`` and ``||F^T u - sigma v|| / sigma`` per
+            triple, measured on ``F`` itself (not the deflated system) after the method stopped.
+        converged: ``(k,)`` bools: both residuals at most ``residual_tol``.
     """
 
     singular_values: Tensor
@@ -52,6 +56,8 @@ class SVDResult:
     passes: int
     method: str
     meta: dict[str, Any] = field(default_factory=dict)
+    residuals: Tensor | None = None
+    converged: Tensor | None = None
 
     def residual_norms(self, scope: LinearScope) -> Tensor:
         """``||F^T F v - sigma^2 v|| / sigma^2`` per triple: how well each is converged (one extra pass)."""
@@ -68,6 +74,56 @@ def svd(scope: LinearScope, k: int = 8, method: str = "krylov", **options) -> SV
     if method == "power":
         return power_svd(scope, k, **options)
     raise ValueError(f"unknown SVD method {method!r}: use 'krylov' or 'power'")
+
+
+class SVDConvergenceWarning(UserWarning):
+    """A singular triple does not satisfy ``F v = sigma u``, ``F^T u = sigma v`` to the requested tolerance."""
+
+
+class SVDConvergenceError(RuntimeError):
+    """Raised instead of :class:`SVDConvergenceWarning` when ``on_failure="raise"``."""
+
+
+ON_FAILURE = ("warn", "raise", "ignore")
+
+
+def _verify(
+    result: SVDResult, scope: LinearScope, ftu: Tensor | None, residual_tol: float, on_failure: str, advice: str
+) -> SVDResult:
+    """Fill in ``result.residuals`` / ``.converged`` from ``F v`` and ``F^T u``; warn or raise on failure.
+
+    ``ftu`` (``F^T u`` per triple, flattened) is reused when the method already has it; otherwise it
+    costs one batched transpose pass.  ``F v`` costs one batched forward pass.
+    """
+    k = result.singular_values.shape[0]
+    v, u = result.eigen_inputs.flatten(1), result.eigen_outputs.flatten(1)
+    fv = scope.apply(result.eigen_inputs.unsqueeze(0).to(scope.source.dtype))[0].flatten(1)
+    if ftu is None:
+        ftu = scope.transpose_apply(result.eigen_outputs.unsqueeze(0).to(scope.source.dtype))[0].flatten(1)
+    sigma = result.singular_values.to(fv.dtype)
+    # Relative to sigma_j, but never to less than a rounding-level fraction of the largest sigma.
+    scale = sigma.clamp_min(float(sigma.max()) * torch.finfo(fv.dtype).eps + torch.finfo(fv.dtype).tiny)[:, None]
+    residuals = torch.stack([(fv - sigma[:, None] * u.to(fv.dtype)).norm(dim=1) / scale[:, 0],
+                             (ftu.to(fv.dtype) - sigma[:, None] * v.to(fv.dtype)).norm(dim=1) / scale[:, 0]], dim=1)
+    converged = (residuals <= residual_tol).all(dim=1)  # NaN residuals count as failures
+    result.residuals, result.converged = residuals, converged
+    result.meta.update(residual_tol=residual_tol, check_passes=1 + (ftu is None))
+    if not bool(converged.all()) and on_failure != "ignore":
+        bad = [str(i) for i in range(k) if not converged[i]]
+        worst = float(residuals[~converged].nan_to_num(nan=float("inf")).max())
+        message = (f"{result.method} SVD: triple(s) {', '.join(bad)} of {k} not converged (largest relative residual "
+                   f"of F v = sigma u, F^T u = sigma v: {worst:.2g} > residual_tol={residual_tol:g}); {advice}")
+        if on_failure == "raise":
+            raise SVDConvergenceError(message)
+        warnings.warn(message, SVDConvergenceWarning, stacklevel=3)
+    return result
+
+
+def _check_options(residual_tol: float, on_failure: str) -> None:
+    if on_failure not in ON_FAILURE:
+        raise ValueError(f"on_failure must be one of {ON_FAILURE}, got {on_failure!r}")
+    if not residual_tol > 0:
+        raise ValueError(f"residual_tol must be > 0, got {residual_tol!r}")
 
 
 def _check(scope: LinearScope, k: int) -> None:
@@ -87,6 +143,8 @@ def power_svd(
     momentum: float | Sequence[float] = 0.0,
     tol: float | None = 1e-6,
     seed: int = 0,
+    residual_tol: float = 1e-3,
+    on_failure: str = "warn",
 ) -> SVDResult:
     """Alg. 1 (power method with momentum ``m``) plus deflation, one triple after another.
 
@@ -96,8 +154,15 @@ def power_svd(
     triple; ``m = 0`` is the plain power method and ``m = sigma_{j+1}^4 / 4`` the optimal choice of
     Xu et al. for the ``j``-th triple.  A triple stops after ``steps`` steps or once the Rayleigh
     residual ``||D^T D v - sigma^2 v|| / sigma^2`` is below ``tol``.
+
+    Convergence is then checked on ``F`` itself (one extra batched pass): ``result.residuals`` holds
+    ``||F v - sigma u|| / sigma`` and ``||F^T u - sigma v|| / sigma`` per triple, and a triple above
+    ``residual_tol`` (too few ``steps``, a momentum too large for the spectrum) raises a
+    :class:`SVDConvergenceWarning` (``on_failure="warn"``), an :class:`SVDConvergenceError`
+    (``"raise"``) or nothing (``"ignore"``).
     """
     _check(scope, k)
+    _check_options(residual_tol, on_failure)
     momenta = [float(momentum)] * k if isinstance(momentum, (int, float)) else [float(m) for m in momentum]
     if len(momenta) < k:
         raise ValueError(f"need one momentum per triple ({k}), got {len(momenta)}")
@@ -149,7 +214,7 @@ def power_svd(
         ftus.append(scope.transpose_apply(u.view(1, *scope.out_shape)).flatten())
         steps_used.append(used)
     order = torch.argsort(torch.stack(sigmas), descending=True)
-    return SVDResult(
+    result = SVDResult(
         singular_values=torch.stack(sigmas)[order],
         eigen_inputs=torch.stack(vs)[order].view(k, *shape),
         eigen_outputs=torch.stack(us)[order].view(k, *scope.out_shape),
@@ -157,22 +222,25 @@ def power_svd(
         method="power",
         meta={"steps": steps_used, "momentum": momenta[:k], "tol": tol, "transpose_passes": k},
     )
-
+    advice = "raise steps, lower the momentum, or use method='krylov'"
+    return _verify(result, scope, torch.stack(ftus)[order], residual_tol, on_failure, advice)
 
 
 def krylov_svd(
     scope: LinearScope, k: int = 8, *, tol: float = 1e-6, ncv: int | None = None, maxiter: int | None = None,
-    seed: int = 0,
+    seed: int = 0, residual_tol: float = 1e-3, on_failure: str = "warn",
 ) -> SVDResult:
     """Top-``k`` triples by ARPACK's implicitly restarted Lanczos method on ``F^T F``.
 
     ``tol`` is ARPACK's relative accuracy on the eigenvalues ``sigma^2``; ``ncv`` the Krylov subspace
     size (default ``max(2k + 1, 20)``).  The operator is applied in float64 on the SciPy side and in
-    the network's dtype on the PyTorch side.
+    the network's dtype on the PyTorch side.  Convergence is checked on ``F`` as in :func:`power_svd`
+    (two extra batched passes).
     """
     from scipy.sparse.linalg import LinearOperator, eigsh
 
     _check(scope, k)
+    _check_options(residual_tol, on_failure)
     n = scope.in_features
     if k >= n:
         raise ValueError(f"the Krylov method needs k < in_features ({n}); materialise F for a full SVD")
@@ -196,7 +264,7 @@ def krylov_svd(
     fv = scope.apply(v.unsqueeze(0))[0].flatten(1)  # (k, out): F v_j = sigma_j u_j, one batched pass
     sigma = fv.norm(dim=1)
     u = fv / sigma.clamp_min(torch.finfo(dtype).tiny).unsqueeze(1)
-    return SVDResult(
+    result = SVDResult(
         singular_values=sigma,
         eigen_inputs=v,
         eigen_outputs=u.view(k, *scope.out_shape),
@@ -205,3 +273,4 @@ def krylov_svd(
         meta={"tol": tol, "ncv": ncv, "eigenvalues": torch.from_numpy(values.copy()), "sqrt_eigenvalues": [
             math.sqrt(max(float(x), 0.0)) for x in values]},
     )
+    return _verify(result, scope, None, residual_tol, on_failure, "lower tol or raise ncv / maxiter")
