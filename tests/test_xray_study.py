@@ -45,6 +45,17 @@ def test_epg_is_withheld_below_the_auroc_bar():
     assert "artifact_all_folds" in entry  # the artifact score measures maps whatever the accuracy
 
 
+def test_multilabel_study_scores_every_finding_with_boxes(single_thread):
+    config = preset("quick", task="nih", variants=("strided",), ablation=False, epg_min_auroc=0.0, panels=1,
+                    n_boot=50)
+    report = run_study(config, progress=False)
+    assert report["classes"] == ["Atelectasis", "Infiltration", "Pneumonia", "Edema"]  # >= 7 positives of 48
+    per_class = report["runs"][0]["macro"]
+    assert set(per_class) >= {"auroc", "f1", "specificity"}
+    # NIH boxes among these findings: 23 pneumonia + 1 infiltration, each image tested once over the folds
+    assert report["epg"]["strided/inherent"]["epg_all"]["n"] == 24
+
+
 def test_classify_applies_per_finding_thresholds():
     logits = torch.tensor([[2.0, -1.0], [0.0, 0.5], [-2.0, 3.0]])
     labels = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 1.0]])

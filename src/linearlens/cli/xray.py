@@ -21,8 +21,8 @@ def run(args: argparse.Namespace) -> int:
     if args.quick:
         quick = PRESETS["quick"]
         overrides.update({k: getattr(quick, k) for k in (
-            "data", "size", "width", "folds", "epochs", "aux_epochs", "batch_size", "translate", "sweep",
-            "ablation_seeds", "artifact_stride", "panels", "n_boot")})
+            "data", "min_positives", "size", "width", "folds", "epochs", "aux_epochs", "batch_size", "translate",
+            "sweep", "ablation_seeds", "artifact_stride", "panels", "n_boot")})
         if args.preset == "paper":
             overrides.update(backbone="resnet18", device="cpu")
     for name in ("data", "task", "folds", "epochs", "threads", "device"):

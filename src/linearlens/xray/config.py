@@ -86,8 +86,8 @@ PRESETS: dict[str, StudyConfig] = {
     ),
     "cpu": StudyConfig(preset="cpu"),
     "quick": StudyConfig(
-        preset="quick", data="embedded", size=64, width=0.125, folds=2, epochs=1, aux_epochs=1, batch_size=8,
-        translate=9.0, sweep=(0.0, 0.5), ablation_seeds=(0,), artifact_stride=16, panels=2, n_boot=200,
+        preset="quick", data="embedded", min_positives=7, size=64, width=0.125, folds=2, epochs=1, aux_epochs=1,
+        batch_size=8, translate=9.0, sweep=(0.0, 0.5), ablation_seeds=(0,), artifact_stride=16, panels=2, n_boot=200,
     ),
 }
 
