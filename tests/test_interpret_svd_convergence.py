@@ -31,9 +31,9 @@ def test_converged_power_svd_reports_small_residuals(setup):
     scope, f, s = setup
     with warnings.catch_warnings():
         warnings.simplefilter("error", SVDConvergenceWarning)
-        result = power_svd(scope, 3, steps=300, momentum=0.0)
+        result = power_svd(scope, 1, steps=400, momentum=0.0, tol=1e-7)
     assert result.converged.all()
-    assert torch.allclose(result.singular_values, s[:3], rtol=1e-6)
+    assert torch.allclose(result.singular_values, s[:1], rtol=1e-6)
     assert torch.allclose(result.residuals, _independent_residuals(result, f), atol=1e-9)  # measured on F itself
     assert (result.residuals <= 1e-3).all()
 
@@ -42,11 +42,11 @@ def test_momentum_too_large_warns_and_the_triples_are_indeed_wrong(setup):
     scope, f, s = setup
     momentum = s[0].item() ** 4  # far beyond sigma_2^4 / 4
     with pytest.warns(SVDConvergenceWarning, match=r"not converged.*lower the momentum"):
-        result = power_svd(scope, 3, steps=200, momentum=momentum)
+        result = power_svd(scope, 2, steps=30, momentum=momentum)
     assert not result.converged.all()
     # The warning is not a false alarm: the failed triples are wrong against the dense SVD.
     bad = ~result.converged
-    assert ((result.singular_values[bad] - s[:3][bad]).abs() > 1e-3).any() or \
+    assert ((result.singular_values[bad] - s[:2][bad]).abs() > 1e-3).any() or \
         (_independent_residuals(result, f)[bad] > 1e-3).all()
     assert torch.allclose(result.residuals, _independent_residuals(result, f), atol=1e-9)
 
