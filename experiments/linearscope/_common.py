@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from linearlens.training.checkpoint import read_safetensors, replace_atomically
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -50,3 +55,16 @@ def command_line() -> str:
     args = " ".join(sys.argv[1:])
     script = Path(sys.argv[0]).resolve().relative_to(ROOT)
     return f"python {script}" + (f" {args}" if args else "")
+
+
+def save_weights(path: Path, model: nn.Module, info: dict) -> None:
+    """The model's weights as safetensors (no pickle), ``info`` as JSON metadata, written atomically."""
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    replace_atomically(path, lambda p: save_file(tensors, str(p), metadata={"info": json.dumps(info)}))
+
+
+def load_weights(path: Path, model: nn.Module) -> dict:
+    """Load weights written by :func:`save_weights` into ``model``; returns the stored ``info``."""
+    tensors, metadata = read_safetensors(require(path, f"checkpoint {path.name} (train it first)"))
+    model.load_state_dict(tensors)
+    return json.loads(metadata.get("info", "{}"))

@@ -13,7 +13,7 @@ The network's first module normalises the image (mean/std); it is an ``InputEnco
 paper's torchvision models, the interpreter's input ``x0`` is the normalised image.
 
     python experiments/linearscope/cifar_demo.py               # train both nets (~6 CPU minutes) + figures
-    python experiments/linearscope/cifar_demo.py --epochs 0    # reuse runs/linearscope/cifar_*.pt
+    python experiments/linearscope/cifar_demo.py --epochs 0    # reuse runs/linearscope/cifar_*.safetensors
 """
 
 from __future__ import annotations
@@ -24,19 +24,16 @@ import sys
 import time
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import FIGURES, RUNS, SHARED_DATA, command_line  # noqa: E402
+from _common import FIGURES, RUNS, SHARED_DATA, command_line, load_weights, save_weights  # noqa: E402
 
 from linearlens.data import augment_batch, load_cifar10  # noqa: E402
 from linearlens.engine import InputEncoding  # noqa: E402
+from linearlens.figures import subplots  # noqa: E402
 from linearlens.interpret import LinearScope, bias_contributions, pixel_discussions, pixel_votes  # noqa: E402
 from linearlens.interpret.plots import contribution_bars, pixel_vote_grid  # noqa: E402
 
@@ -160,15 +157,13 @@ def main() -> int:
     for variant in args.variants.split(","):
         torch.manual_seed(args.seed)
         model = SmallVGG(bn=variant == "bn")
-        ckpt = RUNS / f"cifar_{variant}.pt"
+        ckpt = RUNS / f"cifar_{variant}.safetensors"
         if args.epochs > 0:
             print(f"training {variant} ...", flush=True)
             info = train(model, train_set.images, train_set.labels, args.epochs, args.seed)
-            torch.save({"state_dict": model.state_dict(), "info": info}, ckpt)
+            save_weights(ckpt, model, info)
         else:
-            saved = torch.load(ckpt, weights_only=True)
-            model.load_state_dict(saved["state_dict"])
-            info = saved["info"]
+            info = load_weights(ckpt, model)
         model.eval()
         acc = accuracy(model, test.images, test.labels)
         print(f"{variant}: test accuracy {acc:.4f} on {len(test)} images", flush=True)
@@ -198,7 +193,7 @@ def main() -> int:
             numbers["pixel_votes"] = discussions_figure(model, test, classes)
 
     # Fig. 4: layer-wise contributions to the top-1 score, normalised by the score.
-    fig, axes = plt.subplots(1, len(tables), figsize=(5.5 * len(tables), 3.6), squeeze=False)
+    fig, axes = subplots(1, len(tables), figsize=(5.5 * len(tables), 3.6), squeeze=False)
     for ax, (variant, (tab, columns)) in zip(axes[0], tables.items()):
         net = numbers["nets"][variant]
         share = net["residual_share_top1"]
@@ -208,7 +203,6 @@ def main() -> int:
                  f"{command_line()}", fontsize=8)
     fig.tight_layout()
     fig.savefig(FIGURES / "cifar_bias_contributions.png", dpi=130)
-    plt.close(fig)
 
     numbers["command"] = command_line()
     (FIGURES / "cifar_numbers.json").write_text(json.dumps(numbers, indent=2))

@@ -8,7 +8,7 @@ residual, columns (projective filters), rows (receptive filters) and the top sin
 (eigen-inputs/outputs), each next to the same quantities of a bicubic ``F.interpolate`` upscaler.
 
     python experiments/linearscope/sr_demo.py            # train (~3 CPU minutes) + figures
-    python experiments/linearscope/sr_demo.py --steps 0  # reuse runs/linearscope/sr4l.pt
+    python experiments/linearscope/sr_demo.py --steps 0  # reuse runs/linearscope/sr4l_x<scale>.safetensors
 """
 
 from __future__ import annotations
@@ -18,10 +18,6 @@ import json
 import sys
 import time
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
@@ -29,8 +25,20 @@ from PIL import Image  # noqa: E402
 from torch import nn  # noqa: E402
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
-from _common import FIGURES, RUNS, SHARED_DATA, command_line, psnr, require, rgb, signed  # noqa: E402
+from _common import (  # noqa: E402
+    FIGURES,
+    RUNS,
+    SHARED_DATA,
+    command_line,
+    load_weights,
+    psnr,
+    require,
+    rgb,
+    save_weights,
+    signed,
+)
 
+from linearlens.figures import subplots  # noqa: E402
 from linearlens.interpret import LinearScope  # noqa: E402
 
 TRAIN_PHOTOS = (
@@ -129,17 +137,15 @@ def main() -> int:
     torch.manual_seed(args.seed)
     FIGURES.mkdir(parents=True, exist_ok=True)
     RUNS.mkdir(parents=True, exist_ok=True)
-    ckpt = RUNS / f"sr4l_x{args.scale}.pt"
+    ckpt = RUNS / f"sr4l_x{args.scale}.safetensors"
     s = args.scale
 
     model = sr_network(s)
     if args.steps > 0:
         info = train(model, s, args.steps, args.batch, args.seed)
-        torch.save({"state_dict": model.state_dict(), "info": info}, ckpt)
+        save_weights(ckpt, model, info)
     else:
-        saved = torch.load(require(ckpt, "SR checkpoint (train it first)"), weights_only=True)
-        model.load_state_dict(saved["state_dict"])
-        info = saved["info"]
+        info = load_weights(ckpt, model)
     model.eval()
     bicubic = Bicubic(s)
 
@@ -162,7 +168,7 @@ def main() -> int:
     numbers: dict = {"train": info, "quality": quality, "crop_lr": [top, left, n], "scale": s}
 
     # Overview: input, outputs, residuals.
-    fig, axes = plt.subplots(1, 5, figsize=(13, 3))
+    fig, axes = subplots(1, 5, figsize=(13, 3))
     show(axes[0], rgb(F.interpolate(x0, scale_factor=s, mode="nearest")[0]), f"LR input {n}x{n} (nearest)")
     show(axes[1], rgb(hr0[0]), "HR ground truth")
     for ax, (name, scope) in zip(axes[2:4], scopes.items()):
@@ -175,10 +181,9 @@ def main() -> int:
     fig.suptitle(f"LinearScope on a {s}x upscaler - {command_line()}", fontsize=8)
     fig.tight_layout()
     fig.savefig(FIGURES / "sr_overview.png", dpi=130)
-    plt.close(fig)
 
     # Columns (white impulse = sum of the three channel columns) and rows (green output pixel).
-    fig, axes = plt.subplots(len(POINTS), 4, figsize=(9, 2.4 * len(POINTS)))
+    fig, axes = subplots(len(POINTS), 4, figsize=(9, 2.4 * len(POINTS)))
     for i, (label, (pr, pc)) in enumerate(POINTS.items()):
         for j, (name, scope) in enumerate(scopes.items()):
             cols = scope.columns([scope.input_index(c, pr, pc) for c in range(3)])[0].sum(0)  # (3, sH, sW)
@@ -191,11 +196,10 @@ def main() -> int:
     fig.suptitle(f"projective (columns) and receptive (rows) filters; grey = 0\n{command_line()}", fontsize=8)
     fig.tight_layout()
     fig.savefig(FIGURES / "sr_rows_columns.png", dpi=130)
-    plt.close(fig)
 
     # SVD: eigen-inputs and eigen-outputs (Krylov), SR next to bicubic.
     k = args.svd_k
-    fig, axes = plt.subplots(4, k, figsize=(1.8 * k, 7.6))
+    fig, axes = subplots(4, k, figsize=(1.8 * k, 7.6))
     numbers["svd"] = {}
     for j, (name, scope) in enumerate(scopes.items()):
         t = time.time()
@@ -213,7 +217,6 @@ def main() -> int:
     fig.suptitle(f"eigen-inputs v (LR) and eigen-outputs u (HR) of F(x0); grey = 0\n{command_line()}", fontsize=8)
     fig.tight_layout()
     fig.savefig(FIGURES / "sr_svd.png", dpi=130)
-    plt.close(fig)
 
     numbers["command"] = command_line()
     (FIGURES / "sr_numbers.json").write_text(json.dumps(numbers, indent=2))
