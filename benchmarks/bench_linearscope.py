@@ -8,12 +8,16 @@ Measured in one run, medians of repeats, on randomly initialised networks (seede
 * top-k SVD of the upscaler's F(x0): the Krylov method (ARPACK Lanczos on F^T F) against the power
   method with momentum and deflation (Alg. 1) at equal accuracy of the singular values (goal >= 5x),
   and against materialising F column by column plus a dense ``torch.linalg.svd``;
+* columns/s and rows/s against plain forward passes/s (images per second through the network, no_grad) and
+  forward+backward passes/s (one vector-Jacobian product per image) of the same network and batch size,
+  for the upscaler and the CIFAR-10 B-cos network, with the profiler's top operations of each (where the
+  interpreter's overhead goes); ``--only-throughput`` runs just this part;
 * peak memory of the two-batch pass against "recording every activation" (forward hooks keeping every
   module's output, the approach of DFV that the paper replaces), each in a fresh subprocess
   (growth of the peak resident size, VmHWM reset through /proc/self/clear_refs), for the upscaler
   and a deeper EDSR-style residual upscaler.
 
-    python benchmarks/bench_linearscope.py [--threads 2] [--quick]
+    python benchmarks/bench_linearscope.py [--threads 2] [--quick] [--only-throughput]
 """
 
 from __future__ import annotations
@@ -167,6 +171,83 @@ def svd_comparison(k: int, size: int, quick: bool) -> dict:
     return out
 
 
+def _top_ops(fn, top: int = 8) -> list[list]:
+    """The ``top`` operations by self CPU time in one call of ``fn`` (profiler), ``[name, ms, calls]``."""
+    with torch.profiler.profile() as prof:
+        fn()
+    rows = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
+    return [[e.key, round(e.self_cpu_time_total / 1e3, 2), e.count] for e in rows]
+
+
+def throughput_vs_forward(name: str, model: nn.Module, x: torch.Tensor, count: int, chunk: int, repeats: int) -> dict:
+    """Columns/s and rows/s of ``LinearScope(model, x)`` against forward and forward+backward passes/s.
+
+    A column is one probe image through the two-batch system, so the ideal is one column per forward
+    pass of one image; a row is one vector-Jacobian product, so its ideal is one forward+backward pass
+    per image.  The plain passes use batches of ``chunk`` images, as the interpreter's chunks do.
+    """
+    scope = LinearScope(model, x, chunk_size=chunk)
+    generator = torch.Generator().manual_seed(3)
+    cols = torch.randperm(scope.in_features, generator=generator)[:count]
+    rows = torch.randperm(scope.out_features, generator=generator)[:count]
+    batch = x.expand(chunk, *x.shape[1:]).clone() + 0.01 * torch.rand(chunk, *x.shape[1:], generator=generator)
+    cot = torch.randn_like(model(batch[:1]).expand(chunk, *model(batch[:1]).shape[1:]))
+
+    def forward() -> None:
+        with torch.no_grad():
+            model(batch)
+
+    def forward_backward() -> None:
+        leaf = batch.clone().requires_grad_(True)
+        torch.autograd.grad(model(leaf), leaf, cot)
+
+    fns = {"forward": forward, "forward_backward": forward_backward,
+           "columns": lambda: scope.columns(cols), "rows": lambda: scope.rows(rows)}
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    clock = time.process_time if torch.get_num_threads() == 1 else time.perf_counter
+    for fn in fns.values():
+        fn()
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t = clock()
+            fn()
+            times[k].append(clock() - t)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    out = {
+        "network": name, "input": list(x.shape), "count": count, "chunk": chunk,
+        "clock": "process_time" if torch.get_num_threads() == 1 else "wall",
+        "forward_images_per_s": chunk / med["forward"],
+        "forward_backward_images_per_s": chunk / med["forward_backward"],
+        "columns_per_s": count / med["columns"], "rows_per_s": count / med["rows"],
+    }
+    out["columns_over_forward"] = out["columns_per_s"] / out["forward_images_per_s"]
+    out["rows_over_forward_backward"] = out["rows_per_s"] / out["forward_backward_images_per_s"]
+    out["profile"] = {
+        "forward": _top_ops(forward), "columns_one_chunk": _top_ops(lambda: scope.columns(cols[:chunk])),
+        "forward_backward": _top_ops(forward_backward), "rows_one_chunk": _top_ops(lambda: scope.rows(rows[:chunk])),
+    }
+    print(f"{name}: columns/s {out['columns_per_s']:.1f} = {out['columns_over_forward']:.2f} x forward images/s "
+          f"({out['forward_images_per_s']:.1f}); rows/s {out['rows_per_s']:.1f} = "
+          f"{out['rows_over_forward_backward']:.2f} x forward+backward images/s "
+          f"({out['forward_backward_images_per_s']:.1f})", flush=True)
+    for k, ops in out["profile"].items():
+        print(f"  top ops, {k}: " + "; ".join(f"{n} {ms} ms x{c}" for n, ms, c in ops[:6]), flush=True)
+    return out
+
+
+def throughput_section(args: argparse.Namespace) -> dict:
+    from linearlens.models import create_model
+
+    torch.manual_seed(0)
+    bcos_net = create_model("bcos_cifar", b=2.0, max_out=1, width=0.25, width_scaled_gamma=True).eval()
+    count = 64 if args.quick else 256
+    return {
+        "sr4l": throughput_vs_forward("sr4l", sr4l(), torch.rand(1, 3, 32, 32), count, 64, args.repeats_throughput),
+        "bcos_cifar_w025": throughput_vs_forward("bcos_cifar_w025", bcos_net, torch.rand(1, 3, 32, 32), count, 64,
+                                                 args.repeats_throughput),
+    }
+
+
 MEMORY_WORKER = """
 import json, re, sys, torch
 sys.path.insert(0, {root!r})
@@ -208,8 +289,16 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--quick", action="store_true", help="smaller sizes and budgets (a smoke test)")
+    parser.add_argument("--only-throughput", action="store_true",
+                        help="only columns/rows per second against forward passes per second (and profiles)")
+    parser.add_argument("--repeats-throughput", type=int, default=5)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.only_throughput:
+        section = throughput_section(args)
+        print(json.dumps({"threads": args.threads, "load_average": list(__import__("os").getloadavg()),
+                          "throughput": section}))
+        return 0
     quick = args.quick
     result: dict = {"threads": args.threads, "quick": quick, "load_average": list(__import__("os").getloadavg())}
 
@@ -270,6 +359,7 @@ def main() -> int:
         "memory_recording_over_two_batch_edsr_mini": round(memory["edsr_mini"]["ratio_recording_over_two_batch"], 2),
         "threads": args.threads,
         "details": result,
+        "throughput": throughput_section(args),
     }
     print(json.dumps(summary))
     return 0
