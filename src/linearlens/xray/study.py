@@ -14,7 +14,6 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -45,7 +44,7 @@ class RunResult:
     classification: dict
     thresholds: list[float]
     history: dict
-    seconds: float
+    seconds: float  # process CPU time of training and scoring
     pairs: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # method -> epg_pairs
     test_ids: tuple[str, ...] = ()
     panel_maps: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # image id -> method -> (K,H,W)
@@ -194,20 +193,45 @@ def run_study(config: StudyConfig, progress: bool = True) -> dict[str, Any]:
         return _study(config, progress)
 
 
-def _study(config: StudyConfig, progress: bool) -> dict[str, Any]:
-    data, aux = load_study_data(config)
-    folds = cross_validation(data.patient_ids, data.labels, k=config.folds, seed=0)
+def _jobs(config: StudyConfig, folds: list[PatientFold]) -> list[tuple]:
+    """(fold, variant, seed, augment, oversample, explain) of the main table, then of the Tab. 1 ablation."""
     jobs = [(f, v, s, config.augment, config.oversample, True)
             for f in folds for s in config.seeds for v in config.variants]
     if config.ablation:
         fold = folds[config.ablation_fold]
-        for v in config.ablation_variants:
-            for s in config.ablation_seeds:
-                for aug in (False, True):
-                    for over in (False, True):
-                        jobs.append((fold, v, s, aug, over, False))
+        jobs += [(fold, v, s, aug, over, False) for v in config.ablation_variants for s in config.ablation_seeds
+                 for aug in (False, True) for over in (False, True)]
+    return jobs
+
+
+def _epg_entry(config: StudyConfig, variant: str, method: str, runs: list[RunResult],
+               pooled: dict[tuple[str, str], dict]) -> dict[str, Any]:
+    """EPG statistics of one variant and method pooled over the folds whose model passes the AUROC bar."""
+    passing = [r for r in runs if r.auroc >= config.epg_min_auroc]
+    entry: dict[str, Any] = {
+        "variant": variant, "method": method, "folds_reported": len(passing),
+        "withheld": [f"fold {r.fold} seed {r.seed}: AUROC {r.auroc:.3f}" for r in runs if r not in passing],
+    }
+    all_pairs = _pooled_pairs(runs, method)
+    if all_pairs:  # the artifact score measures the maps, whatever the accuracy
+        art = all_pairs["artifact"][torch.isfinite(all_pairs["artifact"])]
+        entry["artifact_all_folds"] = {"mean": float(art.mean()) if len(art) else float("nan"), "maps": len(art)}
+    pairs = _pooled_pairs(passing, method)
+    if pairs:
+        pooled[(variant, method)] = pairs
+        entry.update(_epg_summary(pairs, config))
+    else:
+        entry["note"] = (f"EPG withheld: no model of this variant reached AUROC >= {config.epg_min_auroc}"
+                         if not passing else "no test image with a box")
+    return entry
+
+
+def _study(config: StudyConfig, progress: bool) -> dict[str, Any]:
+    data, aux = load_study_data(config)
+    folds = cross_validation(data.patient_ids, data.labels, k=config.folds, seed=0)
     done: dict[tuple, RunResult] = {}
-    for fold, variant, seed, aug, over, explain_images in tqdm(jobs, desc="xray study", disable=not progress):
+    for fold, variant, seed, aug, over, explain_images in tqdm(_jobs(config, folds), desc="xray study",
+                                                               disable=not progress):
         key = (fold.fold, variant, seed, aug, over)
         if key not in done:
             done[key] = _run(config, data, aux, fold, variant, seed, aug, over, explain_images, progress)
@@ -223,40 +247,21 @@ def _study(config: StudyConfig, progress: bool) -> dict[str, Any]:
     for variant in config.variants:
         runs = [r for r in main if r.variant == variant]
         report["main"][variant] = _summarise_classification(runs)
-        passing = [r for r in runs if r.auroc >= config.epg_min_auroc]
-        failing = [f"fold {r.fold} seed {r.seed}: AUROC {r.auroc:.3f}" for r in runs if r not in passing]
         for method in (BCOS_METHODS if is_bcos(variant) else BASELINE_METHODS):
-            entry: dict[str, Any] = {"variant": variant, "method": method, "folds_reported": len(passing),
-                                     "withheld": failing}
-            all_pairs = _pooled_pairs(runs, method)
-            if all_pairs:  # the artifact score measures the maps, whatever the accuracy
-                art = all_pairs["artifact"][torch.isfinite(all_pairs["artifact"])]
-                entry["artifact_all_folds"] = {"mean": float(art.mean()) if len(art) else float("nan"),
-                                               "maps": len(art)}
-            pairs = _pooled_pairs(passing, method)
-            if pairs:
-                pooled[(variant, method)] = pairs
-                entry.update(_epg_summary(pairs, config))
-            else:
-                entry["note"] = (f"EPG withheld: no model of this variant reached AUROC >= {config.epg_min_auroc}"
-                                 if not passing else "no test image with a box")
-            report["epg"][f"{variant}/{method}"] = entry
-    reference = ("strided", "inherent")
+            report["epg"][f"{variant}/{method}"] = _epg_entry(config, variant, method, runs, pooled)
     for other in (("blurpool", "inherent"), ("flc", "inherent"), ("baseline", "layercam"), ("strided", "layercam")):
-        paired = _paired(pooled, other, reference, config.n_boot)
+        paired = _paired(pooled, other, ("strided", "inherent"), config.n_boot)
         if paired:
             report["paired"].append(paired)
-    for variant in config.ablation_variants if config.ablation else ():
-        for aug in (False, True):
-            for over in (False, True):
-                runs = [done[(config.ablation_fold, variant, s, aug, over)] for s in config.ablation_seeds]
-                report["ablation"].append({"variant": variant, "augment": aug, "oversample": over,
-                                           "fold": config.ablation_fold, "seeds": list(config.ablation_seeds),
-                                           **_summarise_classification(runs)})
-    for r in done.values():
-        report["runs"].append({"variant": r.variant, "fold": r.fold, "seed": r.seed, "augment": r.augment,
-                               "oversample": r.oversample, "seconds": r.seconds, "thresholds": r.thresholds,
-                               "macro": r.classification["macro"], "history": r.history})
+    for variant, aug, over in ((v, a, o) for v in (config.ablation_variants if config.ablation else ())
+                               for a in (False, True) for o in (False, True)):
+        runs = [done[(config.ablation_fold, variant, s, aug, over)] for s in config.ablation_seeds]
+        report["ablation"].append({"variant": variant, "augment": aug, "oversample": over,
+                                   "fold": config.ablation_fold, "seeds": list(config.ablation_seeds),
+                                   **_summarise_classification(runs)})
+    report["runs"] = [{"variant": r.variant, "fold": r.fold, "seed": r.seed, "augment": r.augment,
+                       "oversample": r.oversample, "cpu_seconds": r.seconds, "thresholds": r.thresholds,
+                       "macro": r.classification["macro"], "history": r.history} for r in done.values()]
     report["_panels"] = _panel_data(main, data)
     return report
 
@@ -277,6 +282,3 @@ def _panel_data(main: list[RunResult], data: XraySet) -> list[dict[str, Any]]:
                 "maps": maps, "probabilities": r.probabilities[image_id], "thresholds": r.thresholds}
     return list(panels.values())
 
-
-def default_out_dir(config: StudyConfig) -> Path:
-    return Path("runs") / f"xray_{config.preset}"
