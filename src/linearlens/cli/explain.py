@@ -13,6 +13,7 @@ from PIL import Image, UnidentifiedImageError
 from ..data import CIFAR10_CLASSES, load_cifar10
 from ..explain import Explanation, explain, list_methods
 from ..explain.visualize import save_explanation_grid
+from ..pretrained import load_pretrained
 from ..training import load_checkpoint
 from . import CommandError
 
@@ -77,7 +78,9 @@ def _one(exp: Explanation, row: int) -> Explanation:
 
 
 def run(args: argparse.Namespace) -> int:
-    model = load_checkpoint(args.checkpoint)
+    if bool(args.pretrained) == bool(args.checkpoint):
+        raise CommandError("give either --checkpoint RUN_DIR or --pretrained (the network shipped in the package)")
+    model = load_pretrained() if args.pretrained else load_checkpoint(args.checkpoint)
     out = Path(args.out)
     if args.image:
         images, labels = load_images(args.image), [Path(p).name for p in args.image]
@@ -95,7 +98,8 @@ def run(args: argparse.Namespace) -> int:
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("explain", help="write explanation images for a trained model")
-    parser.add_argument("--checkpoint", required=True, help="run directory written by 'linearlens train'")
+    parser.add_argument("--checkpoint", help="run directory written by 'linearlens train'")
+    parser.add_argument("--pretrained", action="store_true", help="the CIFAR-10 B-cos network shipped in the package")
     parser.add_argument("--image", nargs="*", help="image files to explain (instead of data-set images)")
     parser.add_argument("--data", default="embedded")
     parser.add_argument("--split", default="test", choices=("train", "test"))
