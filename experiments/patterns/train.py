@@ -4,9 +4,9 @@ Reads ``../shared/data/cifar10`` (JPEG copy of CIFAR-10: 30,000 training, 10,000
 with a clear message when it is absent.  Single-threaded CPU training, a few minutes per network.
 Weights go to ``runs/patterns/<name>/`` (safetensors + JSON, ignored by git).
 
-    python experiments/patterns/train.py --arch vgg --epochs 4
-    python experiments/patterns/train.py --arch resnet --epochs 4
-    python experiments/patterns/train.py --arch bcos --epochs 6
+    python experiments/patterns/train.py --arch vgg --epochs 8
+    python experiments/patterns/train.py --arch resnet --epochs 2 --limit-per-class 1000
+    python experiments/patterns/train.py --arch bcos --epochs 3 --limit-per-class 1000
 """
 
 from __future__ import annotations
@@ -47,8 +47,8 @@ def accuracy(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor)
     return hits / len(images)
 
 
-def train_relu(arch: str, epochs: int, lr: float, batch: int, seed: int) -> dict:
-    train_set, test_set = load_cifar10(str(require_data()), "train"), load_cifar10(str(DATA), "test")
+def train_relu(arch: str, epochs: int, lr: float, batch: int, seed: int, limit: int | None) -> dict:
+    train_set, test_set = load_cifar10(str(require_data()), "train", limit), load_cifar10(str(DATA), "test")
     torch.manual_seed(seed)
     model = ARCHITECTURES[arch]()
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=5e-4 if arch == "resnet" else 0.0)
@@ -74,18 +74,19 @@ def train_relu(arch: str, epochs: int, lr: float, batch: int, seed: int) -> dict
     out = RUNS / arch
     out.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "model.safetensors"))
-    info = {"arch": arch, "epochs": epochs, "lr": lr, "batch": batch, "seed": seed, "history": history,
+    info = {"arch": arch, "epochs": epochs, "lr": lr, "batch": batch, "seed": seed, "train_images": len(train_set),
+            "history": history,
             "test_accuracy": history[-1]["test_accuracy"]}
     (out / "info.json").write_text(json.dumps(info, indent=1))
     return info
 
 
-def train_bcos(epochs: int, width: float) -> dict:
+def train_bcos(epochs: int, width: float, limit: int | None) -> dict:
     from linearlens.training import TrainConfig, train
 
     config = TrainConfig(out_dir=str(RUNS / "bcos"), model="bcos_cifar",
                          model_args={"b": 2.0, "max_out": 2, "width": width},
-                         data=str(require_data()), epochs=epochs, threads=1)
+                         data=str(require_data()), train_limit_per_class=limit, epochs=epochs, threads=1)
     return train(config, progress=False)
 
 
@@ -97,10 +98,13 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--bcos-width", type=float, default=0.125)
+    p.add_argument("--limit-per-class", type=int, default=None, help="training images per class (default: all)")
     args = p.parse_args()
     torch.set_num_threads(1)
-    info = train_bcos(args.epochs, args.bcos_width) if args.arch == "bcos" else \
-        train_relu(args.arch, args.epochs, args.lr, args.batch, args.seed)
+    if args.arch == "bcos":
+        info = train_bcos(args.epochs, args.bcos_width, args.limit_per_class)
+    else:
+        info = train_relu(args.arch, args.epochs, args.lr, args.batch, args.seed, args.limit_per_class)
     print(json.dumps({k: v for k, v in info.items() if k != "history"}))
 
 

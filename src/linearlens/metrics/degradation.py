@@ -15,7 +15,9 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-__all__ = ["patch_ids", "patch_ranking", "degrade", "degradation_curve", "area_under_curve", "ORDERS"]
+__all__ = [
+    "patch_ids", "patch_ranking", "degrade", "degradation_curve", "area_under_curve", "aopc", "ORDERS",
+]
 
 ORDERS = ("morf", "lerf", "random")
 
@@ -132,3 +134,9 @@ def area_under_curve(curves: Tensor, steps: Tensor) -> Tensor:
     """Normalised area under each curve, ``(N,)``: the trapezoid mean over the removed fraction in [0, 1]."""
     x = steps.to(curves.dtype) / steps.max().clamp_min(1)
     return torch.trapezoid(curves, x, dim=-1) / (x[-1] - x[0]).clamp_min(torch.finfo(curves.dtype).tiny)
+
+
+def aopc(curves: Tensor) -> Tensor:
+    """Area over the perturbation curve (Samek et al., 2016), ``(N,)``: the mean over the recorded steps
+    ``k = 0..L`` of ``f(x^(0)) - f(x^(k))``; larger means the ranking removed what mattered sooner."""
+    return (curves[:, :1] - curves).mean(-1)
