@@ -40,19 +40,29 @@ def app():
 
 
 @pytest.fixture(scope="module")
-def page(app, tmp_path_factory):
+def playwright():
     sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as p:
-        context = p.chromium.launch_persistent_context(
-            str(tmp_path_factory.mktemp("chromium-profile")), executable_path=str(CHROMIUM), args=ARGS,
-            headless=True, viewport={"width": 1400, "height": 1000},
-        )
-        page = context.new_page()
-        page.set_default_timeout(30_000)
-        page.goto(app[1])
-        page.wait_for_function("window.linearlens && window.linearlens.ready === true")
-        yield page
-        context.close()
+    with sync_api.sync_playwright() as p:  # one per thread: every page of this module shares it
+        yield p
+
+
+def open_page(playwright, profile: Path, url: str):
+    """A fresh Chromium (own user-data-dir) showing the explorer at ``url``, once the page is ready."""
+    context = playwright.chromium.launch_persistent_context(
+        str(profile), executable_path=str(CHROMIUM), args=ARGS, headless=True, viewport={"width": 1400, "height": 1000}
+    )
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    page.goto(url)
+    page.wait_for_function("window.linearlens && window.linearlens.ready === true")
+    return context, page
+
+
+@pytest.fixture(scope="module")
+def page(app, playwright, tmp_path_factory):
+    context, page = open_page(playwright, tmp_path_factory.mktemp("chromium-profile"), app[1])
+    yield page
+    context.close()
 
 
 def canvas_colours(page, selector: str) -> tuple[int, int, int]:
@@ -118,3 +128,27 @@ def test_switching_images_and_a_corrupt_upload_shows_the_error_and_the_server_go
     info = page.evaluate("fetch('/api/info').then(r => r.json())")
     assert [im["name"] for im in info["images"]] == ["random 0", "random 1"]
     assert hover(page, 1, 1)["image"] == 1
+
+
+def test_image_to_image_network_hover_on_the_output_shows_its_receptive_filter(playwright, tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
+                                torch.nn.Conv2d(8, 12, 3, padding=1), torch.nn.PixelShuffle(2)).eval()
+    explorer = Explorer(model)
+    explorer.add_image(torch.rand(3, 16, 16), "low resolution")
+    server = start_background(explorer, port=0)
+    try:
+        context, page = open_page(playwright, tmp_path / "profile", f"http://127.0.0.1:{server.server_port}/")
+        assert page.is_visible("#output") and not page.is_visible("#classes-card")
+        box = page.locator("#output").bounding_box()
+        page.mouse.move(box["x"] + 21.5 * box["width"] / 32, box["y"] + 9.5 * box["height"] / 32)
+        page.wait_for_function("window.linearlens.paints > 0")
+        got = page.evaluate("window.linearlens.lastPixel")
+        context.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert got["row_at"] == [0, 9, 21] and got["column_at"] == [9 // 2, 21 // 2]
+    scope = LinearScope(model, explorer.images[0].image.unsqueeze(0))
+    row = scope.rows([scope.output_index(0, 9, 21)])[0, 0]
+    np.testing.assert_array_equal(np.float32(got["row"]), row.flatten().numpy())
