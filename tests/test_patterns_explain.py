@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from helpers_nets import randomise_bn
-from linearlens import explain
+from linearlens import LinearScope, explain
 from linearlens.patterns import (
     LayerPatterns,
     PatternSet,
@@ -92,9 +92,15 @@ def test_with_the_weights_as_patterns_both_methods_are_the_frozen_gradient_times
     x = data(3, seed=1)
     rows = explain(model, x, "all", method="linear_rows")
     expected = rows.weights * rows.outputs[..., None, None, None]
+    scope = LinearScope(model, x)
+    z = torch.randn_like(x)
     for method, ones in (("patternnet", False), ("patternattribution", True)):
         e = explain(model, x, "all", method=method, patterns=weight_patterns(model, fitted, ones), estimator="a")
         torch.testing.assert_close(e.channel_attributions, expected, rtol=1e-9, atol=1e-12)
+        # the probe check: these rows are the network's own frozen linear map, <rows, z> + r(x0) = y1(z)
+        rows = e.channel_attributions / e.outputs[..., None, None, None]
+        lhs = (rows * z.unsqueeze(1)).flatten(2).sum(-1) + scope.residual
+        torch.testing.assert_close(lhs, scope.system(z), rtol=1e-9, atol=1e-9)
 
 
 def test_single_linear_layer_closed_forms():

@@ -71,15 +71,15 @@ def batches(images: torch.Tensor, size: int = 250):
         yield images[i:i + size].float() / 255
 
 
-def patterns_for(arch: str, model: torch.nn.Module, train: torch.Tensor, n_fit: int) -> tuple:
+def patterns_for(arch: str, model: torch.nn.Module, train: torch.Tensor, n_fit: int, centre: str = "regime") -> tuple:
     """Patterns fitted on the first ``n_fit`` training images (cached next to the weights)."""
-    path = RUNS / arch / "patterns.safetensors"
+    path = RUNS / arch / ("patterns.safetensors" if centre == "regime" else f"patterns_{centre}.safetensors")
     if path.is_file():
         ps = load_patterns(path, model)
         if ps.meta.get("images") == n_fit:
             return ps, ps.meta.get("cpu_seconds", float("nan"))
     t0 = time.process_time()
-    ps = fit_patterns(model, batches(train[:n_fit]))
+    ps = fit_patterns(model, batches(train[:n_fit]), centre=centre)
     ps.meta["cpu_seconds"] = time.process_time() - t0
     save_patterns(path, ps)
     return ps, ps.meta["cpu_seconds"]
@@ -118,16 +118,20 @@ def phase_degradation(results: dict, nets: dict, train, test, args) -> None:
     x = test.images[: args.degradation_images].float() / 255
     predicted = classify(model, x).argmax(1)
     curves, steps, out = {}, None, {}
-    for est in ESTIMATORS:
-        e = explain(model, x, predicted, method="patternattribution", patterns=ps, estimator=est)
+    verbatim, _ = patterns_for("vgg", model, train, args.fit_images, centre="all")
+    runs = [(f"S_{est}", est, ps) for est in ESTIMATORS] + [("S_a+- (Eq. 7 verbatim)", "a+-", verbatim)]
+    for name, est, patterns in runs:
+        e = explain(model, x, predicted, method="patternattribution", patterns=patterns, estimator=est)
         c, steps = degradation_curve(model, x, e.attributions[:, 0], predicted, args.patch, args.steps)
-        curves[f"S_{est}"] = c
+        curves[name] = c
     gen = torch.Generator().manual_seed(0)
     randoms = [degradation_curve(model, x, torch.zeros(x.shape[0], 32, 32), predicted, args.patch, args.steps,
                                  order="random", generator=gen)[0] for _ in range(args.random_orders)]
     curves["random"] = torch.stack(randoms).mean(0)
     for name, c in curves.items():
-        out[name] = {"aopc": summarize(aopc(c)), "mean_curve": [round(float(v), 5) for v in c.mean(0)]}
+        scores = aopc(c)
+        out[name] = {"aopc": summarize(scores), "aopc_standard_error": float(scores.std() / len(scores) ** 0.5),
+                     "mean_curve": [round(float(v), 5) for v in c.mean(0)]}
     out["random"]["aopc_per_order"] = [float(aopc(r).mean()) for r in randoms]
     fig, ax = subplots(figsize=(5.5, 3.8))
     frac = (steps.float() / steps.max()).numpy()
