@@ -6,6 +6,7 @@ and a sharded evaluation must give the same numbers as an unsharded one.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from pathlib import Path
@@ -151,3 +152,44 @@ def test_bf16_autocast_trains_and_the_explanation_identity_holds_in_float32(tmp_
 def test_bf16_autocast_trains_b2(tmp_path, single_thread):
     metrics = _bf16_run(tmp_path, 2.0)
     assert all(torch.isfinite(p).all() for p in metrics["model"].parameters())
+
+
+EVALUATE = ["evaluate", "--model", "bcos_cifar", "--model-args", '{"width": 0.0625, "max_out": 1}',
+            "--limit-per-class", "2", "--include-misclassified", "--grids", "5", "--methods", "bcos,gradient",
+            "--batch-size", "2", "--threads", "1", "--no-progress"]
+
+
+def _cli_rank(rank: int, world: int, port: int, argv: list[str]) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    from linearlens.cli import main
+
+    assert main(argv) == 0
+
+
+@pytest.mark.parametrize("metric", ["grid-pointing", "degradation"])
+def test_linearlens_evaluate_sharded_gives_the_same_table(tmp_path, metric):
+    extra = ["--metric", metric] + (["--images", "5", "--steps", "3"] if metric == "degradation" else [])
+    _spawn(_cli_rank, 2, EVALUATE + extra + ["--out", str(tmp_path / "sharded")])
+    from linearlens.cli import main
+
+    assert main(EVALUATE + extra + ["--out", str(tmp_path / "single")]) == 0
+    sharded, single = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("sharded", "single"))
+    for table in (sharded, single):
+        for row in table["methods"].values():
+            row.pop("seconds_per_image")
+    # Same numbers up to float32 rounding: a shard explains its grids in batches of another composition.
+    assert _approx_equal(sharded["methods"], single["methods"]) and sharded["accuracy"] == single["accuracy"]
+    assert sharded["settings"] == single["settings"]
+    scores = [json.loads((tmp_path / d / "scores.json").read_text()) for d in ("sharded", "single")]
+    assert scores[0].keys() == scores[1].keys() and _approx_equal(*scores)
+
+
+def _approx_equal(a, b) -> bool:
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_approx_equal(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_approx_equal(x, y) for x, y in zip(a, b))
+    if isinstance(a, float):
+        return a == pytest.approx(b, rel=1e-5, abs=1e-7)
+    return a == b

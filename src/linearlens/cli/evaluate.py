@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from .._threads import num_threads
 from ..data import load_cifar10
 from ..explain import MethodNotApplicableError, list_methods
-from ..metrics import area_under_curve
+from ..metrics import Grids, area_under_curve
 from ..metrics.evaluation import (
     box_plot,
     build_grids,
@@ -34,6 +34,7 @@ from ..metrics.evaluation import (
 from ..models import create_model
 from ..training import load_checkpoint
 from ..training.checkpoint import write_json
+from ..training.distributed import DistributedContext, distributed, run_sharded
 from . import CommandError
 
 DEFAULT_METHODS = "bcos,gradient,ixg,ig,deeplift,gradcam,layercam,guided_backprop,deconvnet,lime,rise,occlusion"
@@ -123,11 +124,13 @@ def load_model(args: argparse.Namespace) -> tuple[torch.nn.Module, str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    with num_threads(args.threads):
-        return _run(args)
+    # Under torchrun every rank scores its shard of the grids / images; rank 0 writes the results.
+    with num_threads(args.threads), distributed(args.device) as ctx:
+        return _run(args, ctx)
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace, ctx: DistributedContext | None = None) -> int:
+    ctx = ctx or DistributedContext()
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in list_methods()]
     if unknown:
@@ -136,6 +139,7 @@ def _run(args: argparse.Namespace) -> int:
         raise CommandError("--methods lists a method twice")
     options = parse_options(args.option, methods)
     model, model_name = load_model(args)
+    model = model.to(ctx.device)
     data = load_cifar10(args.data, args.split, args.limit_per_class)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -151,8 +155,9 @@ def _run(args: argparse.Namespace) -> int:
                         include_misclassified=args.include_misclassified)
         for method in tqdm(methods, desc="methods", disable=not progress):
             try:
-                s, sec = grid_pointing_scores(model, grids, method, options[method], args.smooth or None,
-                                              args.batch_size, progress)
+                s, sec = run_sharded(lambda i, method=method: grid_pointing_scores(
+                    model, Grids(grids.images[i].to(ctx.device), grids.classes[i], grids.sources[i], grids.n),
+                    method, options[method], args.smooth or None, args.batch_size, progress), len(grids), ctx)
             except MethodNotApplicableError as err:  # any other error is a failure, not a skip
                 table[method] = {"error": str(err)}
                 tqdm.write(f"{method}: skipped ({err})", file=sys.stderr)
@@ -171,8 +176,9 @@ def _run(args: argparse.Namespace) -> int:
         settings.update(images=len(images), patch_size=args.patch_size, steps=args.steps, order="morf")
         for method in tqdm(methods, desc="methods", disable=not progress):
             try:
-                curves, steps, sec = degradation_scores(model, images, method, options[method], args.patch_size,
-                                                        args.steps, "morf", args.batch_size, args.seed, progress)
+                curves, steps, sec = run_sharded(lambda i, method=method: degradation_scores(
+                    model, images[i].to(ctx.device), method, options[method], args.patch_size, args.steps, "morf",
+                    args.batch_size, args.seed, progress), len(images), ctx)
             except MethodNotApplicableError as err:  # any other error is a failure, not a skip
                 table[method] = {"error": str(err)}
                 tqdm.write(f"{method}: skipped ({err})", file=sys.stderr)
@@ -193,6 +199,8 @@ def _run(args: argparse.Namespace) -> int:
         accuracy = float((classify(model, images).argmax(1) == labels).float().mean())
         ylabel = "MoRF AUC (lower is better)"
 
+    if not ctx.is_main:
+        return 0
     command = reproducing_command(args)
     results = {
         "command": command, "metric": args.metric, "model": model_name, "data": args.data, "split": args.split,
@@ -238,5 +246,6 @@ def register(subparsers) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--device", default="cpu", help="'cpu', 'cuda', 'cuda:N' or 'auto'")
     parser.add_argument("--out", default="outputs/evaluate")
     parser.set_defaults(func=run)

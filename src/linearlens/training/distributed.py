@@ -12,7 +12,7 @@ same numbers as an unsharded one.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
@@ -23,7 +23,7 @@ from torch.utils.data import DistributedSampler
 
 __all__ = [
     "DistributedContext", "resolve_device", "distributed", "shard_indices", "gather_rows", "all_reduce_sum",
-    "autocast", "wrap_model", "PRECISIONS",
+    "autocast", "wrap_model", "run_sharded", "PRECISIONS",
 ]
 
 PRECISIONS = ("fp32", "bf16")
@@ -144,3 +144,11 @@ def wrap_model(model: nn.Module, ctx: DistributedContext) -> nn.Module:
         return model
     device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+
+
+def run_sharded(fn: Callable[[Tensor], tuple], n: int, ctx: DistributedContext) -> tuple:
+    """``fn(indices)`` on this rank's shard of ``range(n)``; its first result (one row per item) is gathered
+    back into item order on every rank (:func:`gather_rows`), the other results are this rank's own."""
+    indices = shard_indices(n, ctx)
+    first, *rest = fn(indices)
+    return (gather_rows(first, indices, n, ctx), *rest)
