@@ -66,7 +66,6 @@ BAD_IMAGES = {
     "float16-vs-float32-model": (_x(dtype=torch.float16), r"dtype torch\.float16 but the model's parameters"),
     "float64-vs-float32-model": (_x(dtype=torch.float64), r"dtype torch\.float64 but the model's parameters"),
 }
-# The dtype mismatch reaches the perturbation methods' score function only after captum's own checks.
 BAD_TARGETS = {
     "class-10": (10, r"out of range"),
     "class--11": (-11, r"out of range"),
@@ -80,8 +79,6 @@ BAD_TARGETS = {
 @pytest.mark.parametrize("kind", list(BAD_IMAGES))
 def test_explain_bad_images(model, method, kind):
     x, words = BAD_IMAGES[kind]
-    if kind == "float64-vs-float32-model" and method in ("bcos", "linear_rows"):
-        pytest.skip("the linear engine explains a float64 batch on a float32 model by design (promotion)")
     with pytest.raises(CLEAR, match=words):
         explain(model, x, 0, method=method, **FAST.get(method, {}))
 
@@ -147,6 +144,14 @@ def test_linear_scope_bad_images(model, kind):
     x, words = BAD_IMAGES[kind]
     with pytest.raises(CLEAR, match=words.replace("x contains", "")):
         LinearScope(model, x)
+
+
+@pytest.mark.xfail(strict=True, reason="interpret/linear_scope.py (the lead's): a dtype mismatch between x0 and the "
+                   "model ends in torch's RuntimeError instead of a TypeError naming both dtypes")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float64])
+def test_linear_scope_names_a_dtype_mismatch(model, dtype):
+    with pytest.raises(TypeError, match="dtype"):
+        LinearScope(model, _x(dtype=dtype))
 
 
 model_values = st.one_of(
