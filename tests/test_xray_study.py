@@ -74,6 +74,8 @@ def test_classify_applies_per_finding_thresholds():
         (["xray", "--preset", "paper"], "none is available here"),
         (["xray", "--data", "/nonexistent/folder"], "not found"),
         (["xray", "--folds", "1", "--data", "embedded"], "folds >= 2"),
+        (["xray", "--data", "embedded", "--pretrained", "flc"], "VARIANT=FILE"),
+        (["xray", "--data", "embedded", "--pretrained", "vit=w.pt"], "unknown variants"),
     ],
 )
 def test_cli_errors_are_one_line(argv, message, capsys):

@@ -33,6 +33,11 @@ def run(args: argparse.Namespace) -> int:
         overrides["epg_min_auroc"] = args.min_auroc
     if args.no_ablation:
         overrides["ablation"] = False
+    if args.pretrained:
+        pairs = [item.split("=", 1) for item in args.pretrained]
+        if any(len(p) != 2 or not p[1] for p in pairs):
+            raise CommandError("--pretrained takes VARIANT=FILE, e.g. flc=weights/bcos_resnet50_flc.safetensors")
+        overrides["pretrained"] = dict(pairs)
     try:
         config = preset(args.preset, **overrides)
     except (TypeError, ValueError) as err:
@@ -64,6 +69,8 @@ def register(subparsers) -> None:
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--min-auroc", type=float, default=None, help="report EPG only for models at this AUROC")
     parser.add_argument("--no-ablation", action="store_true", help="skip the Tab. 1 augmentation x oversampling runs")
+    parser.add_argument("--pretrained", action="append", default=[], metavar="VARIANT=FILE",
+                        help="local ImageNet weights for a variant (repeatable; tensors matched by name and shape)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--device", default=None)
     parser.add_argument("--out", default=None, help="report folder (default runs/xray_<preset>)")

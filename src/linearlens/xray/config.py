@@ -77,6 +77,9 @@ class StudyConfig:
             raise ValueError(f"backbone must be resnet18 or resnet50, got {self.backbone!r}")
         if not 0 <= self.ablation_fold < self.folds:
             raise ValueError(f"ablation_fold must lie in [0, {self.folds}), got {self.ablation_fold}")
+        unknown = [v for v in self.pretrained if v not in VARIANTS]
+        if unknown:
+            raise ValueError(f"pretrained weights for unknown variants {unknown}; known: {', '.join(VARIANTS)}")
 
 
 PRESETS: dict[str, StudyConfig] = {
