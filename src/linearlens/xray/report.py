@@ -50,7 +50,7 @@ def _panel(entry: dict[str, Any], path: Path) -> Path:
             state = "" if k in above else ", below threshold"
             title = f"{variant} {method}\n{classes[k]} p={v['probabilities'][k]:.2f}{state}"
             columns.append((title, v["maps"][method][k], k))
-    fig, axes = subplots(1, len(columns), figsize=(2.6 * len(columns), 2.9), squeeze=False)
+    fig, axes = subplots(1, len(columns), figsize=(2.6 * len(columns), 3.3), squeeze=False)
     for ax, (title, attribution, k) in zip(axes[0], columns):
         if attribution is None:
             ax.imshow(entry["image"].numpy(), cmap="gray", vmin=0, vmax=255)
