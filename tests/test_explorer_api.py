@@ -137,6 +137,8 @@ def test_explanation_delta_and_residual_add_up(explorer):
     ("/api/summary", {"image": 9}, "no image 9"),
     ("/api/summary", {"image": "x"}, "must be an integer"),
     ("/api/pixel", {"image": 0, "y": 40, "x": 0}, "outside the 32x32 input"),
+    ("/api/pixel", {"image": 0, "x": 0}, "missing parameter 'y'"),
+    ("/api/pixel", {"image": 0, "y": 1, "x": 1, "channel": 10}, "out of range"),
     ("/api/svd", {"image": 0, "k": 99}, "k must be between 1 and 16"),
     ("/api/atlas", {}, "no neuron atlas"),
 ])

@@ -56,10 +56,14 @@ def safe_name(name: str) -> str:
     return base[:80] or "upload"
 
 
-def _int(query: dict[str, str], key: str, default: int | None = None) -> int | None:
+_REQUIRED = object()
+
+
+def _int(query: dict[str, str], key: str, default: Any = _REQUIRED) -> Any:
+    """An integer parameter; ``default`` when absent or empty (an error if there is none)."""
     value = query.get(key)
     if value is None or value == "":
-        if default is None and key not in ("channel",):
+        if default is _REQUIRED:
             raise ValueError(f"missing parameter {key!r}")
         return default
     try:
@@ -76,7 +80,7 @@ def _pixel(ex: Explorer, q: dict[str, str]) -> dict:
     if not (0 <= y < h and 0 <= x < w):
         raise ValueError(f"pixel ({y}, {x}) is outside the {w}x{h} input")
     oy, ox = _int(q, "oy", y * ho // h), _int(q, "ox", x * wo // w)
-    channel = ex.unit_channel(q.get("class") or None, _int(q, "channel"))
+    channel = ex.unit_channel(q.get("class") or None, _int(q, "channel", None))
     return ex.pixel(index, (channel, oy, ox), (y, x))
 
 
