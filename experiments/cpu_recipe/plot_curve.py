@@ -1,0 +1,65 @@
+"""Plot test accuracy against training CPU-seconds and wall minutes from ``run_recipe.py`` logs.
+
+Usage: ``python experiments/cpu_recipe/plot_curve.py RESULT_DIR [RESULT_DIR ...] --out curve.png``.
+Prints, last line, the JSON of the paired comparison: at every evaluation of the linearlens arm, its
+accuracy minus the reference arm's accuracy interpolated at the same CPU-seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from linearlens.figures import save_figure, subplots
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("results", nargs="+")
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    fig, (ax_cpu, ax_wall) = subplots(1, 2, figsize=(11, 4))
+    comparison = {}
+    for folder in args.results:
+        log = json.loads((Path(folder) / "log.json").read_text())
+        tag = f"w{log['model_args']['width']} m{log['model_args']['max_out']}"
+        arms: dict[str, list[dict]] = {}
+        for record in log["records"]:
+            arms.setdefault(record["arm"], []).append(record)
+        for arm, records in arms.items():
+            cpu = [r["train_cpu_s"] for r in records]
+            acc = [100 * r["test_accuracy"] for r in records]
+            style = "-o" if arm == "linearlens" else "--s"
+            label = f"{'linearlens' if arm == 'linearlens' else 'bcos 0.1.3 layers'} ({tag})"
+            ax_cpu.plot(cpu, acc, style, label=label, markersize=3)
+            ax_wall.plot([r["train_wall_s"] / 60 for r in records], acc, style, label=label, markersize=3)
+        if "linearlens" in arms and "bcos" in arms:
+            ref = arms["bcos"]
+            ref_cpu = np.array([r["train_cpu_s"] for r in ref])
+            ref_acc = np.array([r["test_accuracy"] for r in ref])
+            gaps = []
+            for r in arms["linearlens"][1:]:
+                if r["train_cpu_s"] <= 1.02 * ref_cpu.max():  # segments end a step past the budget
+                    gap = 100 * (r["test_accuracy"] - float(np.interp(r["train_cpu_s"], ref_cpu, ref_acc)))
+                    gaps.append({"train_cpu_s": r["train_cpu_s"], "points_ahead": round(gap, 2)})
+            comparison[tag] = gaps
+    ax_cpu.set_xlabel("training CPU-seconds (1 thread, process clock)")
+    ax_wall.set_xlabel("training wall minutes (shared, loaded machine)")
+    for ax in (ax_cpu, ax_wall):
+        ax.set_ylabel("test accuracy, 10,000 CIFAR-10 test images (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle("B-cos CIFAR-10 network (B = 2, no biases): linearlens layers vs the bcos package's, same recipe")
+    fig.tight_layout()
+    save_figure(fig, args.out)
+    print(f"wrote {args.out}")
+    print(json.dumps({"paired_accuracy_gap": comparison}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
