@@ -319,6 +319,39 @@ def network_steps(args: argparse.Namespace, package_available: bool) -> dict:
     return results
 
 
+def explain_all_section(args: argparse.Namespace) -> dict:
+    """``explain(model, x, "all")`` (frozen forward with the layers' decided scales, then one gradient pass
+    per class) with the fused kernels against the eager path, ``bcos_cifar``, 1 thread, CPU clock."""
+    from linearlens.explain import explain
+
+    torch.set_num_threads(1)
+    results = {}
+    for max_out in (1, 2):
+        torch.manual_seed(0)
+        model = create_model("bcos_cifar", b=2.0, max_out=max_out, width=args.net_width, width_scaled_gamma=True)
+        model.eval()
+        x = torch.rand(args.explain_images, 3, 32, 32)
+
+        def fast(model=model, x=x) -> None:
+            explain(model, x, "all")
+
+        def eager(model=model, x=x) -> None:
+            fused.supports = lambda *tensors: False
+            try:
+                explain(model, x, "all")
+            finally:
+                fused.supports = FUSED_SUPPORTS
+
+        times = time_interleaved({"fused": fast, "eager": eager}, args.net_repeats, 1, time.process_time)
+        med = {k: statistics.median(v) for k, v in times.items()}
+        results[f"max_out_{max_out}"] = {"fused_ms": round(1e3 * med["fused"], 1),
+                                         "eager_ms": round(1e3 * med["eager"], 1),
+                                         "eager_over_fused": round(med["eager"] / med["fused"], 3)}
+        print(f"explain(model, x, 'all'), width {args.net_width}, max_out {max_out}, {args.explain_images} images: "
+              f"{results[f'max_out_{max_out}']}")
+    return {"images": args.explain_images, "width": args.net_width, "threads": 1, "clock": "cpu", **results}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=30, help="timed rounds (median reported; >= 30)")
@@ -331,6 +364,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--net-width", type=float, default=0.25)
     parser.add_argument("--net-batch", type=int, default=64)
     parser.add_argument("--net-repeats", type=int, default=12)
+    parser.add_argument("--explain-images", type=int, default=16)
+    parser.add_argument("--only-explain", action="store_true",
+                        help="only the all-class explanation with and without the fused kernels")
     parser.add_argument("--no-keep-freed-memory", action="store_true",
                         help="let malloc return freed memory to the OS (timings then include page faults)")
     args = parser.parse_args(argv)
@@ -338,6 +374,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--repeats must be at least 30")
     kept = False if args.no_keep_freed_memory else keep_freed_memory()
     print(f"fused kernels: {'available' if fused.available() else fused.unavailable_reason()}")
+    if args.only_explain:
+        print(json.dumps({"benchmark": "bcos_layer_explain_all", "keep_freed_memory": kept,
+                          "explain_all": explain_all_section(args)}))
+        return 0
 
     torch.manual_seed(0)
     c, n, s = args.channels, args.batch, args.size
@@ -402,6 +442,7 @@ def main(argv: list[str] | None = None) -> int:
     result["full_tensor_passes"] = passes
     result["network_training_step"] = {"width": args.net_width, "batch": args.net_batch, "threads": 1,
                                        "clock": "cpu", **network_steps(args, package_cls is not None)}
+    result["explain_all"] = explain_all_section(args)
 
     one = result["threads_1_cpu"]
     ll = one["linearlens"]
