@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -69,9 +69,8 @@ def replace_atomically(path: str | os.PathLike, write: Callable[[Path], None]) -
     ``.<name>.*.tmp`` file, which is removed when the write fails with an exception.
     """
     path = Path(path)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(name)
+    # A unique name rather than mkstemp, whose 0600 mode the renamed file would keep (umask applies here).
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
     try:
         write(tmp)
         with open(tmp, "rb+") as f:
