@@ -146,8 +146,6 @@ def test_linear_scope_bad_images(model, kind):
         LinearScope(model, x)
 
 
-@pytest.mark.xfail(strict=True, reason="interpret/linear_scope.py (the lead's): a dtype mismatch between x0 and the "
-                   "model ends in torch's RuntimeError instead of a TypeError naming both dtypes")
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float64])
 def test_linear_scope_names_a_dtype_mismatch(model, dtype):
     with pytest.raises(TypeError, match="dtype"):

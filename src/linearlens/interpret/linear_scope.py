@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from ..engine.source import as_leaf
 from ..engine.system import CheckResult, FrozenSystem
-from ..validation import check_images
+from ..validation import check_images, check_input_dtype
 
 __all__ = ["LinearScope", "run_two_batch", "Indices"]
 
@@ -81,7 +81,7 @@ class LinearScope:
     def __init__(
         self, model: nn.Module, x0: Tensor, *, centering: str = "frozen", chunk_size: int = 16, check: bool = True
     ) -> None:
-        x0 = check_images(x0, "x0")
+        x0 = check_input_dtype(model, check_images(x0, "x0"), "x0")
         if centering not in ("frozen", "linear"):
             raise ValueError(f"centering must be 'frozen' or 'linear', got {centering!r}")
         if not isinstance(chunk_size, int) or chunk_size < 1:
