@@ -84,7 +84,7 @@ for line in sys.stdin:
 """
 
 TRAIN_ARGS = ["train", "--epochs", "3", "--train-per-class", "2", "--test-per-class", "1", "--width", "0.0625",
-              "--batch-size", "5", "--threads", "1", "--quiet"]
+              "--batch-size", "5", "--threads", "1", "--device", "cpu", "--quiet"]
 STEPS = 3 * 4  # 3 epochs of 20 images in batches of 5
 WRITES = 3 * 5  # per epoch: model.safetensors, config.json, history.json, state.safetensors, state.json
 
