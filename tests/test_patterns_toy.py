@@ -29,15 +29,15 @@ def _one_thread():
 
 
 
-def toy_data(a_d: Tensor, n: int = 4000, seed: int = 0) -> tuple[Tensor, Tensor]:
-    """``(x (n, 2, 1, 1), y (n,))`` with ``y ~ U[-1, 1]`` and ``eps`` of mean ``MU``, uncorrelated with y per regime."""
+def toy_data(a_d: Tensor, n: int = 4000, seed: int = 0, mu: float = MU) -> tuple[Tensor, Tensor]:
+    """``(x (n, 2, 1, 1), y (n,))`` with ``y ~ U[-1, 1]`` and ``eps`` of mean ``mu``, uncorrelated with y per regime."""
     gen = torch.Generator().manual_seed(seed)
     y = torch.rand(n, generator=gen, dtype=torch.float64) * 2 - 1
     eps = torch.randn(n, generator=gen, dtype=torch.float64)
     pos = (y > 0).double()
     basis = torch.stack([pos, 1 - pos, pos * y, (1 - pos) * y], 1)
     eps = eps - basis @ torch.linalg.lstsq(basis, eps[:, None]).solution[:, 0]  # exactly uncorrelated with y
-    eps = eps / eps.std() + MU
+    eps = eps / eps.std() + mu
     x = y[:, None] * A_S + eps[:, None] * a_d
     return x.view(n, 2, 1, 1), y
 
@@ -87,14 +87,17 @@ def test_weights_gradient_deconvnet_guided_backprop_lrp_do_not_recover_the_signa
         options = {"abs": False} if method == "gradient" else {}
         maps = explain(model, xs, 0, method=method, **options).channel_attributions[:, 0].flatten(1)
         assert float(cos(maps, A_S).abs().max()) < 0.9, method
-    signal = explain(model, xs, 0, method="patternnet", patterns=patterns).channel_attributions[:, 0].flatten(1)
+    # S_a recovers the signal whatever the distractor's mean (Sec. 4.3)
+    signal = explain(model, xs, 0, method="patternnet", patterns=patterns, estimator="a")
+    signal = signal.channel_attributions[:, 0].flatten(1)
     assert float(cos(signal, A_S).abs().min()) >= 0.9999
     # attributions: the right one is w ⊙ a_s y; LRP-z (epsilon rule with a tiny epsilon) gives w ⊙ x
     out = model(xs)[:, 0].detach()
     truth = (w * A_S)[None] * out[:, None]
     lrp = explain(model, xs, 0, method="lrp").channel_attributions[:, 0].flatten(1)
     assert float(F.cosine_similarity(lrp, truth, dim=1).mean()) < 0.9
-    pa = explain(model, xs, 0, method="patternattribution", patterns=patterns).channel_attributions[:, 0].flatten(1)
+    pa = explain(model, xs, 0, method="patternattribution", patterns=patterns, estimator="a")
+    pa = pa.channel_attributions[:, 0].flatten(1)
     torch.testing.assert_close(pa, truth, rtol=1e-6, atol=1e-6)
 
 
@@ -112,16 +115,21 @@ def test_rotating_the_distractor_rotates_w_but_not_the_pattern():
 
 
 def test_two_component_estimator_reduces_to_the_linear_one_on_linear_data(toy):
-    _, _, _, patterns = toy
-    lp = patterns.layers["1"]
-    torch.testing.assert_close(lp.positive, lp.linear, rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(lp.negative, lp.linear, rtol=1e-6, atol=1e-6)
+    """Eq. (7) (the default) with a zero-mean distractor, as Sec. 2 assumes; the regime-centred variant for any mean."""
+    x, y = toy_data(torch.tensor([1.0, 1.0], dtype=torch.float64), mu=0.0)
+    lp = fit_patterns(trained_neuron(x, y), [x]).layers["1"]
+    _, _, model, _ = toy
+    centred = fit_patterns(model, [toy[0]], centre="regime").layers["1"]
+    for p in (lp, centred):
+        torch.testing.assert_close(p.positive, p.linear, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(p.negative, p.linear, rtol=1e-6, atol=1e-6)
+        assert float(cos(p.positive, A_S)) >= 0.9999
 
 
 def test_eq7_verbatim_leaks_the_distractor_mean_into_the_pattern(toy):
     """With E[y] over all samples (Eq. (7) as printed) a+ = a_s + a_d mu (E+[y] - E[y]) / (E+[y^2] - E+[y] E[y])."""
     x, y, model, _ = toy
-    literal = fit_patterns(model, [x], centre="all").layers["1"].positive[0]
+    literal = fit_patterns(model, [x]).layers["1"].positive[0]  # centre="all", the default
     out = model(x)[:, 0].detach()
     pos = out > 0
     e_pos, e_all, e2_pos = out[pos].mean(), out.mean(), (out[pos] ** 2).mean()

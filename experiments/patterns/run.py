@@ -71,12 +71,12 @@ def batches(images: torch.Tensor, size: int = 250):
         yield images[i:i + size].float() / 255
 
 
-def patterns_for(arch: str, model: torch.nn.Module, train: torch.Tensor, n_fit: int, centre: str = "regime") -> tuple:
+def patterns_for(arch: str, model: torch.nn.Module, train: torch.Tensor, n_fit: int, centre: str = "all") -> tuple:
     """Patterns fitted on the first ``n_fit`` training images (cached next to the weights)."""
-    path = RUNS / arch / ("patterns.safetensors" if centre == "regime" else f"patterns_{centre}.safetensors")
+    path = RUNS / arch / f"patterns_{centre}.safetensors"
     if path.is_file():
         ps = load_patterns(path, model)
-        if ps.meta.get("images") == n_fit:
+        if ps.meta.get("images") == n_fit and ps.meta.get("centre") == centre:
             return ps, ps.meta.get("cpu_seconds", float("nan"))
     t0 = time.process_time()
     ps = fit_patterns(model, batches(train[:n_fit]), centre=centre)
@@ -92,11 +92,13 @@ def phase_rho(results: dict, nets: dict, train, test, args) -> None:
         ps, seconds = patterns_for(arch, model, train, args.fit_images)
         n_v = args.fit_images + args.regression_images
         t0 = time.process_time()
+        centred, _ = patterns_for(arch, model, train, args.fit_images, centre="regime")
         rho = quality_per_layer(model, ps, batches(train[args.fit_images:n_v]),
-                                batches(test.images[: args.eval_images]), rows_per_image=args.rows_per_image)
+                                batches(test.images[: args.eval_images]), rows_per_image=args.rows_per_image,
+                                variants={"regime-centred": centred})
         out[arch] = {"patterns_cpu_seconds": seconds, "rho_cpu_seconds": time.process_time() - t0, "layers": rho}
         names = list(rho)
-        for est, marker in (("random", "x"), ("w", "s"), ("a", "o"), ("a+-", "^")):
+        for est, marker in (("random", "x"), ("w", "s"), ("a", "o"), ("a+-", "^"), ("a+- (regime-centred)", "v")):
             label = f"S_{est}" if est != "random" else est
             ax.plot(range(len(names)), [rho[n][est] for n in names], marker=marker, label=label)
         ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=7)
@@ -118,8 +120,8 @@ def phase_degradation(results: dict, nets: dict, train, test, args) -> None:
     x = test.images[: args.degradation_images].float() / 255
     predicted = classify(model, x).argmax(1)
     curves, steps, out = {}, None, {}
-    verbatim, _ = patterns_for("vgg", model, train, args.fit_images, centre="all")
-    runs = [(f"S_{est}", est, ps) for est in ESTIMATORS] + [("S_a+- (Eq. 7 verbatim)", "a+-", verbatim)]
+    centred, _ = patterns_for("vgg", model, train, args.fit_images, centre="regime")
+    runs = [(f"S_{est}", est, ps) for est in ESTIMATORS] + [("S_a+- (regime-centred)", "a+-", centred)]
     for name, est, patterns in runs:
         e = explain(model, x, predicted, method="patternattribution", patterns=patterns, estimator=est)
         c, steps = degradation_curve(model, x, e.attributions[:, 0], predicted, args.patch, args.steps)
@@ -263,14 +265,16 @@ def main() -> None:
         sys.exit("error: runs/patterns/vgg is missing; run experiments/patterns/train.py --arch vgg first")
     OUT.mkdir(parents=True, exist_ok=True)
     path = OUT / "results.json"
-    results = json.loads(path.read_text()) if path.is_file() else {}
-    results["threads"] = 1
     phases = {"rho": phase_rho, "degradation": phase_degradation, "qualitative": phase_qualitative,
               "pointing": phase_pointing}
     for name, fn in phases.items():
         if args.phase in ("all", name):
             t0 = time.process_time()
-            fn(results, nets, train, test, args)
+            mine: dict = {}
+            fn(mine, nets, train, test, args)
+            # phases may run as separate processes: merge into what is on disk now
+            results = json.loads(path.read_text()) if path.is_file() else {}
+            results.update(mine, threads=1)
             results.setdefault("cpu_seconds", {})[name] = round(time.process_time() - t0, 1)
             path.write_text(json.dumps(results, indent=1))
             print(f"{name}: done ({results['cpu_seconds'][name]} CPU s)", flush=True)

@@ -105,7 +105,7 @@ def main() -> None:
         info = train_bcos(args.epochs, args.bcos_width, args.limit_per_class)
     else:
         info = train_relu(args.arch, args.epochs, args.lr, args.batch, args.seed, args.limit_per_class)
-    print(json.dumps({k: v for k, v in info.items() if k != "history"}))
+    print(json.dumps({k: v for k, v in info.items() if k != "history"}, default=str))
 
 
 if __name__ == "__main__":

@@ -16,11 +16,13 @@ estimator   pattern                                       expectations
 
 For ``"a+-"`` the numerator of Eq. (7) is ``E+[x y] - E+[x] E[y]``: ``E+`` over the samples in which
 the neuron is active (pre-activation with bias > 0; ``a-`` the others), ``E[y]`` over all samples.
-Taken literally this is not translation invariant: ``E+[x y] - E+[x] E[y] = cov+[x, y] + E+[x]
-(E+[y] - E[y])``, so any mean of ``x`` leaks into the pattern, and on the paper's own toy example
-(a distractor of non-zero mean) it does not recover ``a_s``.  ``centre="regime"`` (the default)
-uses ``E+[y]`` instead, i.e. the covariance within the regime, ``num+ = cov+[x, y]``, which reduces
-to the linear estimator on linear data as Sec. 4.3 states; ``centre="all"`` is Eq. (7) verbatim.
+This is the default (``centre="all"``): it makes the overall ``cov[x - S(x), y]`` vanish (Eq. (2)),
+which is what the criterion rho of Eq. (1) rewards.  It equals ``cov+[x, y] + E+[x] (E+[y] - E[y])``,
+so it is not translation invariant: a mean of the distractor leaks into the pattern (on the paper's
+toy example with a distractor of non-zero mean it does not recover ``a_s``).  ``centre="regime"``
+uses ``E+[y]`` instead, the covariance within the regime, which is translation invariant and reduces
+to the linear estimator on linear data for any distractor mean, but leaves the regime's mean shift of
+``x - S(x)`` correlated with ``y`` (lower rho).  ``docs/patterns.md`` compares both.
 The bias never enters: every covariance is of centred ``y`` (a constant neuron does not covary).
 """
 
@@ -48,14 +50,14 @@ def linear_pattern(moments: RegimeMoments) -> Tensor:
     return _ratio(overall.c_xy, overall.m2_y).T.contiguous()
 
 
-def two_component_patterns(moments: RegimeMoments, weight: Tensor, centre: str = "regime") -> tuple[Tensor, Tensor]:
+def two_component_patterns(moments: RegimeMoments, weight: Tensor, centre: str = "all") -> tuple[Tensor, Tensor]:
     """``S_a+-``: ``(a+, a-)`` of Eqs. (4)-(7), each ``(O, D)``; see the module docstring for ``centre``.
 
     A regime without samples, or without variation along ``w``, has no pattern (zeros): its neurons
     never carry signal in that regime on the data the patterns were fitted on.
     """
     if centre not in ("regime", "all"):
-        raise ValueError(f"centre must be 'regime' (covariance within the regime) or 'all' (Eq. (7)), got {centre!r}")
+        raise ValueError(f"centre must be 'all' (Eq. (7)) or 'regime' (covariance within the regime), got {centre!r}")
     w = weight.reshape(weight.shape[0], -1).double().T  # (D, O)
     mean_y = moments.overall().mean_y
     out = []

@@ -122,7 +122,7 @@ def layer_moments(
 
 
 def fit_patterns(
-    model: nn.Module, data: Iterable[Any], *, centre: str = "regime", max_batches: int | None = None
+    model: nn.Module, data: Iterable[Any], *, centre: str = "all", max_batches: int | None = None
 ) -> PatternSet:
     """Fit the ``S_a`` and ``S_a+-`` patterns of every layer of ``model`` in one pass over ``data``.
 
@@ -132,7 +132,7 @@ def fit_patterns(
     for layers without patterns.
     """
     if centre not in ("regime", "all"):
-        raise ValueError(f"centre must be 'regime' or 'all', got {centre!r}")
+        raise ValueError(f"centre must be 'all' (Eq. (7)) or 'regime', got {centre!r}")
     if model.training:
         raise RuntimeError("fit_patterns needs the model in eval mode (call model.eval()): patterns describe "
                            "the network that will be explained")

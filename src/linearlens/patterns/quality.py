@@ -161,10 +161,13 @@ def quality_per_layer(
     evaluation_data: Iterable[Any],
     rows_per_image: int = 16,
     seed: int = 0,
+    variants: dict[str, PatternSet] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Mean rho over the neurons of every layer, for the estimators of Fig. 3 (random, ``S_w``, ``S_a``, ``S_a+-``).
 
-    Neurons that never vary on the evaluation data (dead units) are left out of the mean.
+    ``variants`` adds the ``S_a+-`` patterns of other pattern sets (e.g. fitted with another ``centre``)
+    as estimators ``"a+- (<label>)"``.  Neurons that never vary on the evaluation data (dead units) are
+    left out of the mean.
     """
     layers = [lp.layer for lp in patterns.layers.values() if lp.layer.kind != "norm"]
     fit_v = joint_covariances(model, regression_data, layers, rows_per_image, seed)
@@ -175,7 +178,11 @@ def quality_per_layer(
         var_y = _blocks(ev)[2].sum((1, 2))
         alive = var_y > 1e-12 * var_y.max().clamp_min(1e-300)
         out[layer.name] = {}
-        for est, (ap, an) in estimator_patterns(patterns, model, layer.name, seed).items():
+        candidates = estimator_patterns(patterns, model, layer.name, seed)
+        for label, other in (variants or {}).items():
+            lp = other.layers[layer.name]
+            candidates[f"a+- ({label})"] = (lp.positive, lp.negative)
+        for est, (ap, an) in candidates.items():
             rho = signal_quality(ap.to(torch.float64), an.to(torch.float64), fit_v[layer.name], ev)
             out[layer.name][est] = float(rho[alive].mean()) if bool(alive.any()) else float("nan")
     return out
