@@ -199,6 +199,7 @@ BAD_OPTIONS = [
       "--grids", "1", "--include-misclassified", "--limit-per-class", "1"], r"smoothing kernel must be a positive odd"),
     (["interpret", "--model", "nope"], r"unknown model 'nope'"),
     (["interpret", "--model", "bcos_cifar", "--indices", "5000"], r"--indices \[5000\] out of range"),
+    (["explain"], r"give either --checkpoint"),
     (["explain", "--checkpoint", "{run}", "--indices", "-1"], r"--indices \[-1\] out of range"),
     (["explain", "--checkpoint", "{run}", "--target", "99"], r"target class 99 is out of range"),
     (["explain", "--checkpoint", "{run}", "--target", "zebra"], r"--target must be"),
@@ -220,7 +221,7 @@ def test_bad_option_value(good_run, tmp_path, capsys, argv, words):
 ARGPARSE_ERRORS = [
     ["evaluate", "--grids", "0"], ["evaluate", "--batch-size", "-1"], ["evaluate", "--images", "x"],
     ["evaluate", "--metric", "nope"], ["evaluate", "--threads", "0"], ["train", "--epochs", "one"],
-    ["explain"], ["interpret"], ["interpret", "--model", "a", "--checkpoint", "b"], ["nosuchcommand"],
+    ["explain", "--indices"], ["interpret"], ["interpret", "--model", "a", "--checkpoint", "b"], ["nosuchcommand"],
 ]
 
 
