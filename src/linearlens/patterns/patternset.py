@@ -15,7 +15,7 @@ from .layers import PatternLayer, folded_weight, norm_scale
 __all__ = ["LayerPatterns", "PatternSet", "attach_patterns", "attached_patterns", "PatternsNotFittedError"]
 
 
-class PatternsNotFittedError(RuntimeError):
+class PatternsNotFittedError(ValueError):
     """An explanation needs patterns that have not been fitted (or attached) for this model."""
 
 
