@@ -38,10 +38,12 @@ def test_study_end_to_end_on_the_embedded_subset(tmp_path, single_thread):
 
 
 def test_epg_is_withheld_below_the_auroc_bar():
-    config = preset("quick", variants=("flc",), ablation=False, epg_min_auroc=1.01, panels=0, aux_epochs=0)
+    config = preset("quick", variants=("flc",), ablation=False, epg_min_auroc=1.01, panels=0, aux_epochs=0,
+                    run_folds=(1,))
     report = run_study(config, progress=False)
     entry = report["epg"]["flc/inherent"]
-    assert "epg_all" not in entry and "AUROC" in entry["note"] and len(entry["withheld"]) == 2
+    assert "epg_all" not in entry and "AUROC" in entry["note"] and entry["withheld"][0].startswith("fold 1 ")
+    assert [r["fold"] for r in report["runs"]] == [1]
     assert "artifact_all_folds" in entry  # the artifact score measures maps whatever the accuracy
 
 
@@ -76,6 +78,7 @@ def test_classify_applies_per_finding_thresholds():
         (["xray", "--folds", "1", "--data", "embedded"], "folds >= 2"),
         (["xray", "--data", "embedded", "--pretrained", "flc"], "VARIANT=FILE"),
         (["xray", "--data", "embedded", "--pretrained", "vit=w.pt"], "unknown variants"),
+        (["xray", "--data", "embedded", "--fold", "7"], "run_folds must lie"),
     ],
 )
 def test_cli_errors_are_one_line(argv, message, capsys):

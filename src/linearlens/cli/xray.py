@@ -31,6 +31,8 @@ def run(args: argparse.Namespace) -> int:
             overrides[name] = value
     if args.min_auroc is not None:
         overrides["epg_min_auroc"] = args.min_auroc
+    if args.fold:
+        overrides["run_folds"] = tuple(args.fold)
     if args.no_ablation:
         overrides["ablation"] = False
     if args.pretrained:
@@ -66,6 +68,8 @@ def register(subparsers) -> None:
     parser.add_argument("--data", default=None, help="'embedded' or the NIH subset folder")
     parser.add_argument("--task", choices=("rsna", "nih"), default=None, help="binary lung opacity or NIH multi-label")
     parser.add_argument("--folds", type=int, default=None)
+    parser.add_argument("--fold", type=int, action="append", default=[],
+                        help="run only this fold of the main table (repeatable; the split still uses all folds)")
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--min-auroc", type=float, default=None, help="report EPG only for models at this AUROC")
     parser.add_argument("--no-ablation", action="store_true", help="skip the Tab. 1 augmentation x oversampling runs")

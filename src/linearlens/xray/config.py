@@ -36,6 +36,7 @@ class StudyConfig:
     design: str = "v2"
     variants: tuple[str, ...] = VARIANTS
     folds: int = 5
+    run_folds: tuple[int, ...] | None = None  # train and test only these folds of the main table (None: all)
     seeds: tuple[int, ...] = (0,)
     epochs: int = 12
     aux_epochs: int = 4  # auxiliary NIH pneumonia-vs-no-finding pretraining, 0 = off
@@ -77,6 +78,8 @@ class StudyConfig:
             raise ValueError(f"backbone must be resnet18 or resnet50, got {self.backbone!r}")
         if not 0 <= self.ablation_fold < self.folds:
             raise ValueError(f"ablation_fold must lie in [0, {self.folds}), got {self.ablation_fold}")
+        if self.run_folds is not None and not all(0 <= f < self.folds for f in self.run_folds):
+            raise ValueError(f"run_folds must lie in [0, {self.folds}), got {list(self.run_folds)}")
         unknown = [v for v in self.pretrained if v not in VARIANTS]
         if unknown:
             raise ValueError(f"pretrained weights for unknown variants {unknown}; known: {', '.join(VARIANTS)}")

@@ -193,10 +193,14 @@ def run_study(config: StudyConfig, progress: bool = True) -> dict[str, Any]:
         return _study(config, progress)
 
 
+def _main_folds(config: StudyConfig, folds: list[PatientFold]) -> list[PatientFold]:
+    return folds if config.run_folds is None else [f for f in folds if f.fold in config.run_folds]
+
+
 def _jobs(config: StudyConfig, folds: list[PatientFold]) -> list[tuple]:
     """(fold, variant, seed, augment, oversample, explain) of the main table, then of the Tab. 1 ablation."""
     jobs = [(f, v, s, config.augment, config.oversample, True)
-            for f in folds for s in config.seeds for v in config.variants]
+            for f in _main_folds(config, folds) for s in config.seeds for v in config.variants]
     if config.ablation:
         fold = folds[config.ablation_fold]
         jobs += [(fold, v, s, aug, over, False) for v in config.ablation_variants for s in config.ablation_seeds
@@ -236,7 +240,7 @@ def _study(config: StudyConfig, progress: bool) -> dict[str, Any]:
         if key not in done:
             done[key] = _run(config, data, aux, fold, variant, seed, aug, over, explain_images, progress)
     main = [done[(f.fold, v, s, config.augment, config.oversample)]
-            for f in folds for s in config.seeds for v in config.variants]
+            for f in _main_folds(config, folds) for s in config.seeds for v in config.variants]
     report: dict[str, Any] = {
         "config": config.as_dict(), "classes": list(data.classes), "images": len(data),
         "patients": len(set(data.patient_ids)), "positives": data.labels.sum(0).tolist(),
