@@ -107,3 +107,10 @@ def test_batch_norm_is_folded_into_the_convolution():
         torch.testing.assert_close(getattr(a, f), getattr(b, f))
     w = folded.weight.flatten(1)
     torch.testing.assert_close((w * a.linear).sum(1), torch.ones(4, dtype=torch.float64))  # w^T a = 1
+
+
+def test_aopc_is_the_mean_drop_from_the_first_point():
+    from linearlens.metrics.degradation import aopc
+
+    curves = torch.tensor([[0.9, 0.6, 0.3, 0.0], [0.5, 0.5, 0.5, 0.5], [0.2, 0.4, 0.6, 0.8]])
+    torch.testing.assert_close(aopc(curves), torch.tensor([0.45, 0.0, -0.3]))
