@@ -174,8 +174,6 @@ def test_create_model_any_arguments_either_builds_or_says_why(kwargs):
     assert isinstance(m, nn.Module)
 
 
-@pytest.mark.xfail(strict=True, reason="models/bcos_cifar.py (not this suite's owner): a non-number width is "
-                   "compared to 0 and fails with \"'>' not supported between 'str' and 'int'\"")
 def test_create_model_names_a_non_number_argument():
     with pytest.raises(TypeError, match="width"):
         create_model("bcos_cifar", width="a")
@@ -283,9 +281,8 @@ def test_metric_bad_input(model, kind):
         _call(fn, model)
 
 
-@pytest.mark.parametrize("kind", [pytest.param(k, marks=pytest.mark.xfail(strict=True, reason=v[2]))
-                                  for k, v in METRIC_KNOWN_FAILURES.items()])
-def test_metric_bad_input_known_failures(model, kind):
+@pytest.mark.parametrize("kind", list(METRIC_KNOWN_FAILURES))
+def test_metric_bad_input_formerly_failing(model, kind):
     fn, words, _ = METRIC_KNOWN_FAILURES[kind]
     with pytest.raises(CLEAR, match=words):
         _call(fn, model)

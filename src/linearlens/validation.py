@@ -16,6 +16,8 @@ def check_images(x: object, name: str = "x") -> Tensor:
         raise ValueError(f"{name} must have shape (N, C, H, W), got shape {tuple(x.shape)}")
     if x.shape[0] == 0:
         raise ValueError(f"{name} is an empty batch (N = 0): nothing to explain")
+    if x.numel() == 0:
+        raise ValueError(f"{name} has an empty dimension, shape {tuple(x.shape)}: there is no image to explain")
     if not x.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor (images in [0, 1]), got dtype {x.dtype}")
     if not bool(torch.isfinite(x).all()):

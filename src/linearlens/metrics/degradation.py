@@ -101,6 +101,8 @@ def degradation_curve(
             f"attributions must be one (H, W) map per image, {(images.shape[0], *images.shape[-2:])}, "
             f"got {tuple(attributions.shape)}"
         )
+    if not torch.isfinite(images).all() or not torch.isfinite(attributions).all():
+        raise ValueError("images and attributions must be finite (they hold NaN or Inf values)")
     targets = torch.as_tensor(targets, device=images.device).long().reshape(-1)
     if targets.shape[0] != images.shape[0]:
         raise ValueError(f"need one target per image ({images.shape[0]}), got {targets.shape[0]}")
@@ -126,12 +128,16 @@ def degradation_curve(
             batch = degrade(images[sl], ranks[sl], step_t, patch_size)
             b = batch.shape[0]
             out = scorers[score](forward(batch.flatten(0, 1))).view(b, s, -1)
+            if start == 0 and (targets.min() < 0 or targets.max() >= out.shape[-1]):
+                raise ValueError(f"target class out of range for a model with {out.shape[-1]} outputs")
             curves.append(out.gather(2, targets[sl].view(b, 1, 1).expand(b, s, 1))[..., 0])
     return torch.cat(curves), step_t
 
 
 def area_under_curve(curves: Tensor, steps: Tensor) -> Tensor:
     """Normalised area under each curve, ``(N,)``: the trapezoid mean over the removed fraction in [0, 1]."""
+    if curves.shape[-1] != steps.numel():
+        raise ValueError(f"curves have {curves.shape[-1]} points but steps has {steps.numel()}")
     x = steps.to(curves.dtype) / steps.max().clamp_min(1)
     return torch.trapezoid(curves, x, dim=-1) / (x[-1] - x[0]).clamp_min(torch.finfo(curves.dtype).tiny)
 

@@ -34,6 +34,8 @@ def _check_maps(attributions: Tensor, name: str = "attributions") -> Tensor:
         raise ValueError(f"{name} must have shape (N, K, H, W), got {tuple(attributions.shape)}")
     if not attributions.is_floating_point():
         raise TypeError(f"{name} must be floating point, got {attributions.dtype}")
+    if not torch.isfinite(attributions).all():
+        raise ValueError(f"{name} hold NaN or Inf values; a localisation score of them would be meaningless")
     return attributions
 
 

@@ -101,6 +101,10 @@ class BcosCifarNet(nn.Module):
             config = _config_from(kwargs)
         elif kwargs:
             raise TypeError("pass either a BcosCifarConfig or keyword arguments, not both")
+        for name in ("width", "b"):
+            value = getattr(config, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
         if not config.width > 0:
             raise ValueError(f"width must be > 0, got {config.width}")
         self.config = config.resolved()
