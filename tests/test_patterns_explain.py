@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from helpers_nets import randomise_bn
 from linearlens import LinearScope, explain
+from linearlens.explain import MethodNotApplicableError
 from linearlens.patterns import (
     LayerPatterns,
     PatternSet,
@@ -178,7 +179,9 @@ def test_explaining_before_fitting_is_a_clear_error():
     assert explain(model, data(1), method="patternnet").attributions.shape == (1, 1, 8, 8)
 
 
-def test_unsupported_layers_are_named():
+def test_unsupported_layers_are_named(tiny_net):
+    with pytest.raises(MethodNotApplicableError, match=r"features\.0 \(BcosConv2d\)"):
+        fit_patterns(tiny_net().eval(), [torch.rand(2, 3, 6, 6, dtype=torch.float64)])
     grouped = nn.Sequential(nn.Conv2d(4, 4, 3, groups=2), nn.Flatten()).eval()
     with pytest.raises(UnsupportedLayerError, match=r"0 \(Conv2d with groups=2\)"):
         fit_patterns(grouped, [torch.rand(2, 4, 5, 5)])

@@ -24,6 +24,8 @@ import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
+from ..explain.errors import MethodNotApplicableError
+
 __all__ = [
     "PatternLayer", "UnsupportedLayerError", "find_pattern_layers", "folded_weight", "norm_scale", "conv_padding",
     "folded_bias",
@@ -38,8 +40,8 @@ _FUNCTIONAL_WEIGHTED = frozenset({
 })
 
 
-class UnsupportedLayerError(ValueError):
-    """The network has a layer that PatternNet/PatternAttribution cannot give a pattern to."""
+class UnsupportedLayerError(MethodNotApplicableError):
+    """The network has a layer that PatternNet/PatternAttribution cannot give a pattern to (a ``ValueError``)."""
 
 
 @dataclass(frozen=True)
