@@ -37,6 +37,13 @@ def test_thresholds_maximise_the_criterion(data, rule):
     assert got == pytest.approx(brute(y, s, rule))
 
 
+def test_ties_rounded_differently_go_to_the_highest_threshold():
+    # F1 = 2/3 at both thresholds (3 TP, 1 FP, 2 FN vs 5 TP, 5 FP, 0 FN), computed with different rounding
+    y = np.array([0, 0, 0, 0, 1, 1, 0, 1, 1, 1])
+    s = np.array([0, 0, 0, 0, 0, 0, 1, 1, 1, 1]) * 0.05
+    assert choose_thresholds(y, s, "f1").thresholds.item() == 0.05
+
+
 def test_separable_scores_and_fallback():
     y = np.array([[0, 1], [0, 1], [1, 1], [1, 1]])
     s = np.array([[0.1, 0.3], [0.2, 0.4], [0.7, 0.5], [0.9, 0.6]])

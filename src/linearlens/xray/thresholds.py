@@ -40,11 +40,12 @@ def _one(y: np.ndarray, s: np.ndarray, rule: str) -> float:
     if rule == "youden":
         fpr, tpr, thr = roc_curve(y, s, drop_intermediate=False)
         fpr, tpr, thr = fpr[1:], tpr[1:], thr[1:]  # the first point (threshold +inf) predicts nothing
-        return float(thr[int(np.argmax(tpr - fpr))])  # first maximum = highest threshold among ties
+        j = tpr - fpr
+        return float(thr[np.flatnonzero(j >= j.max() - 1e-12)[0]])  # highest threshold among (rounded) ties
     precision, recall, thr = precision_recall_curve(y, s)
     precision, recall = precision[:-1], recall[:-1]  # the last point (P=1, R=0) has no threshold
     f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-300), 0)
-    best = np.flatnonzero(f1 == f1.max())
+    best = np.flatnonzero(f1 >= f1.max() - 1e-12)  # equal F1 computed two ways can differ in the last bit
     return float(thr[best[-1]])  # thresholds ascend here: the last maximum is the highest threshold
 
 
