@@ -38,7 +38,7 @@ from ..models import create_model
 
 __all__ = [
     "save_model", "load_checkpoint", "save_training_state", "load_training_state", "write_json", "read_json",
-    "read_safetensors",
+    "read_safetensors", "replace_atomically", "remove_stale_temporaries",
 ]
 
 CONFIG = "config.json"
@@ -82,6 +82,20 @@ def replace_atomically(path: str | os.PathLike, write: Callable[[Path], None]) -
     _fsync_directory(path.parent)
 
 
+def remove_stale_temporaries(run_dir: str | os.PathLike) -> list[Path]:
+    """Delete temporary files that an interrupted process left behind in ``run_dir``; returns them.
+
+    Only this module's own names for the run's files (``.<file>.<pid>.<hex>.tmp``) of other processes.
+    """
+    removed = []
+    for name in (CONFIG, WEIGHTS, STATE, STATE_META, HISTORY):
+        for tmp in Path(run_dir).glob(f".{name}.*.tmp"):
+            if tmp.name.split(".")[-3] != str(os.getpid()):
+                tmp.unlink(missing_ok=True)
+                removed.append(tmp)
+    return removed
+
+
 def write_json(path: str | os.PathLike, data: Any, sort_keys: bool = True) -> None:
     """Write ``data`` as indented JSON, atomically."""
     text = json.dumps(data, indent=2, sort_keys=sort_keys) + "\n"
@@ -122,6 +136,7 @@ def save_model(run_dir: str | os.PathLike, model: nn.Module, model_name: str, mo
     """Save weights (safetensors) and the config needed to rebuild ``model`` (JSON)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(run_dir)
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     replace_atomically(run_dir / WEIGHTS, lambda p: save_file(tensors, str(p)))
     write_json(run_dir / CONFIG, {"model": model_name, "model_args": model_args, **extra})
@@ -210,7 +225,9 @@ def load_training_state(
     run_dir: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator
 ) -> dict | None:
     """Restore weights, optimiser and generator state; returns the saved ``meta`` or ``None`` if there is none."""
-    path = Path(run_dir) / STATE
+    run_dir = Path(run_dir)
+    remove_stale_temporaries(run_dir)
+    path = run_dir / STATE
     if not path.is_file():
         return None
     tensors, metadata = read_safetensors(path)
@@ -218,6 +235,12 @@ def load_training_state(
         raise ValueError(f"{path} has no training metadata; it was not written by this version of linearlens "
                          "(use --no-resume to start over)")
     meta = json.loads(metadata["meta"])
+    try:
+        mirror = read_json(run_dir / STATE_META)
+    except (FileNotFoundError, ValueError):
+        mirror = None
+    if mirror != meta:  # interrupted between the state file and its readable copy
+        write_json(run_dir / STATE_META, meta)
     generator.set_state(tensors.pop("generator"))
     weights = {k.removeprefix("model."): tensors.pop(k) for k in [k for k in tensors if k.startswith("model.")]}
     model.load_state_dict(weights)
