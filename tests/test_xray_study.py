@@ -30,6 +30,7 @@ def test_study_end_to_end_on_the_embedded_subset(tmp_path, single_thread):
     assert inherent["epg_all"]["n"] == 24 and inherent["epg_tp"]["n"] + inherent["epg_fn"]["n"] == 24
     assert 0 < inherent["epg_all"]["chance"] < 1 and 0 <= inherent["epg_all"]["mean"] <= 1
     assert len(inherent["sweep"]["epg"]) == len(config.sweep)
+    assert 0 <= inherent["maps_without_positive_energy"] <= 24
     assert [p["a"] for p in saved["paired"]] == []  # no strided reference in this run
     assert len(saved["ablation"]) == 4 and {(a["augment"], a["oversample"]) for a in saved["ablation"]} == {
         (False, False), (False, True), (True, False), (True, True)}

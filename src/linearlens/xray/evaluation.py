@@ -62,6 +62,7 @@ def epg_pairs(maps: Tensor, data: XraySet, probabilities: Tensor, thresholds: Te
         "image": image_index, "finding": class_index,
         "epg": epg(maps, masks)[eligible], "recall": recall_epg(maps, masks)[eligible],
         "chance": chance[eligible], "predicted": predicted[eligible],
+        "empty": (maps.clamp_min(0).flatten(2).sum(2) == 0)[eligible],  # no positive energy: EPG 0 by definition
         "sweep_epg": epg_sweep(maps, masks, sweep)[:, eligible],
         "sweep_recall": epg_sweep(maps, masks, sweep, "recall")[:, eligible],
         "artifact": artifacts.flatten().double(),

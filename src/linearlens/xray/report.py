@@ -102,8 +102,10 @@ def results_markdown(report: dict[str, Any]) -> str:
         def cell(s: dict) -> str:
             return f"{_pct(s['mean'])} [{_pct(s['low'])}, {_pct(s['high'])}] ({_pct(s['chance'])})"
 
+        empty = e.get("maps_without_positive_energy", 0)
+        pairs = f"{e['epg_all']['n']}" + (f" ({empty} maps without positive energy)" if empty else "")
         lines.append(f"| {name} | {cell(e['epg_all'])} | {cell(e['epg_tp'])} | {cell(e['epg_fn'])} | "
-                     f"{cell(e['recall_all'])} | {art_text} | {e['epg_all']['n']} |")
+                     f"{cell(e['recall_all'])} | {art_text} | {pairs} |")
     if report["paired"]:
         lines += ["", "| EPG difference (paired bootstrap) | a − b [95% CI] | pairs |", "|---|---|---|"]
         for p in report["paired"]:

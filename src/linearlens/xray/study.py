@@ -135,7 +135,7 @@ def _summarise_classification(runs: list[RunResult]) -> dict:
 
 
 def _pooled_pairs(runs: list[RunResult], method: str) -> dict[str, Any]:
-    keys = ("epg", "recall", "chance", "predicted")
+    keys = ("epg", "recall", "chance", "predicted", "empty")
     pooled: dict[str, Any] = {k: [] for k in (*keys, "sweep_epg", "sweep_recall", "artifact", "key")}
     for r in runs:
         p = r.pairs.get(method)
@@ -163,6 +163,7 @@ def _epg_summary(pooled: dict[str, Any], config: StudyConfig) -> dict:
         by = summarise_pairs(pooled[name], pooled["chance"], pooled["predicted"], config.n_boot)
         for group, summary in by.items():
             summaries[f"{name}_{group}"] = summary.as_dict()
+    summaries["maps_without_positive_energy"] = int(pooled["empty"].sum())
     summaries["sweep"] = {
         "thresholds": list(config.sweep),
         "epg": pooled["sweep_epg"].double().mean(1).tolist(),
