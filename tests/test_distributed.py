@@ -116,11 +116,6 @@ def test_bf16_autocast_trains_and_the_explanation_identity_holds_in_float32(tmp_
     torch.testing.assert_close(e.residual, torch.full_like(e.residual, model.logits.bias), rtol=0, atol=1e-4)
 
 
-@pytest.mark.xfail(
-    strict=True, raises=RuntimeError,
-    reason="BcosConv2d's analytic LIVE backward (layers/bcos.py, _BcosConv2dLive) mixes the bfloat16 "
-    "gradient with float32 saved inputs in aten.convolution_backward under autocast",
-)
 def test_bf16_autocast_trains_b2(tmp_path, single_thread):
     metrics = _bf16_run(tmp_path, 2.0)
     assert all(torch.isfinite(p).all() for p in metrics["model"].parameters())

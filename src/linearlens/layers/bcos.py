@@ -319,7 +319,10 @@ class BcosConv2d(_BcosUnit):
         if self.b != 1 and live:
             if not (torch.is_grad_enabled() and (xp.requires_grad or w_hat.requires_grad)):
                 return self._live_inference(xp, w_hat, padding)
-            if not torch._C._are_functorch_transforms_active():
+            # Under autocast the convolution runs in the low-precision dtype while the saved inputs stay in
+            # theirs; the differentiable composition lets autocast and autograd keep the dtypes consistent.
+            mixed = torch.is_autocast_enabled(xp.device.type)
+            if not (mixed or torch._C._are_functorch_transforms_active()):
                 return _BcosConv2dLive.apply(xp, w_hat, self, padding)
             return self._live_reference(xp, w_hat, padding)
         linear = F.conv2d(xp, w_hat, None, self.stride, padding, self.dilation, self.groups)
