@@ -4,8 +4,8 @@ says what is wrong — never a deep ``RuntimeError``/``AssertionError``/``IndexE
 Entry points: ``explain`` (every method family), ``LinearScope``, ``create_model``, ``load_checkpoint``,
 the metric functions and the CIFAR-10 loaders.  Hypothesis draws tensors of arbitrary rank, size, dtype
 and special values, model arguments of arbitrary type, and byte-level corruptions of a checkpoint.
-Cases that fail today in files this suite's author does not own are ``xfail(strict=True)`` with the
-owner named, so that the fix shows up as an unexpected pass.
+The ``..._known_failures`` / ``names_a_...`` cases were strict xfails when the suite was written; they
+pass since their modules were fixed.
 """
 
 from __future__ import annotations
