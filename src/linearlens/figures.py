@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
-__all__ = ["subplots", "save_figure", "pyplot"]
+__all__ = ["subplots", "save_figure"]
 
 
 def subplots(
@@ -44,12 +43,3 @@ def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 120) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return path
-
-
-def pyplot() -> Any:
-    """The two ``pyplot`` functions figure code used (``subplots``, ``close``), without ``pyplot``.
-
-    Kept for callers written against the earlier ``plt = pyplot()`` idiom; new code calls
-    :func:`subplots` directly.
-    """
-    return SimpleNamespace(subplots=subplots, close=lambda fig=None: None)

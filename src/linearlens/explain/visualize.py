@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..figures import pyplot, save_figure
+from ..figures import save_figure, subplots
 from .explanation import Explanation
 
 __all__ = ["weights_to_rgba", "contribution_heatmap", "explanation_panels", "save_explanation_grid"]
@@ -108,7 +108,6 @@ def save_explanation_grid(
     ``explanation`` covers all of them, or is a list with one single-image explanation per image
     (how images of different sizes are explained, each at its own size).
     """
-    plt = pyplot()
     images = list(images) if not isinstance(images, Tensor) else list(images.unbind(0))
     explanations = list(explanation) if isinstance(explanation, (list, tuple)) else None
     if explanations is not None and len(explanations) != len(images):
@@ -126,7 +125,7 @@ def save_explanation_grid(
     widest = max(len(groups) for _, groups in blocks)
     columns = 1 + per_output * min(widest, per_row)
     layout = [(-(-len(groups) // per_row)) for _, groups in blocks]
-    fig, axes = plt.subplots(sum(layout), columns, figsize=(1.6 * columns, 1.75 * sum(layout)), squeeze=False)
+    fig, axes = subplots(sum(layout), columns, figsize=(1.6 * columns, 1.75 * sum(layout)), squeeze=False)
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])

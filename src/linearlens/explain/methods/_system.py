@@ -24,6 +24,7 @@ from ...engine.state import Mode
 from ...engine.system import run_explained
 from ...engine.tracer import linear_interpretation
 from ...validation import check_images
+from ..errors import MethodNotApplicableError
 from ..explanation import Explanation
 from ..targets import TargetSpec, is_neuron_target, resolve_class_targets
 
@@ -58,7 +59,9 @@ class ExplainedSystem(nn.Module):
             out = run_explained(self.model, raw, z)
         if out.dim() != 2:
             shape = tuple(out.shape)
-            raise ValueError(f"post-hoc methods need a model returning class scores (N, classes), got {shape}")
+            raise MethodNotApplicableError(
+                f"post-hoc methods need a model returning class scores (N, classes), got {shape}"
+            )
         return out
 
 
@@ -68,7 +71,7 @@ def prepare(
     """Validate the call and return ``(system, z, targets (N, K), outputs (N, classes))``."""
     x = check_images(x)
     if is_neuron_target(target):
-        raise ValueError(
+        raise MethodNotApplicableError(
             f"method {method!r} explains class outputs only; intermediate neurons are explained by "
             "method='bcos' or 'linear_rows'"
         )

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from ...engine.system import gradients_of
 from ...layers import BcosConv2d
 from ..api import register_method
+from ..errors import MethodNotApplicableError
 from ..explanation import Explanation
 from ..targets import TargetSpec
 from ._system import prepare
@@ -52,7 +53,7 @@ def default_cam_layer(model: nn.Module, x: Tensor) -> str:
             h.remove()
     spatial = [name for name, ok in calls if ok]
     if not spatial:
-        raise ValueError("the model has no convolution with a spatial output; pass layer='<module name>'")
+        raise MethodNotApplicableError("the model has no convolution with a spatial output; pass layer='<module name>'")
     return spatial[-1]
 
 
