@@ -17,6 +17,7 @@ from torch import nn
 from torchvision.models import VGG, DenseNet, ResNet, VisionTransformer
 from torchvision.models.resnet import BasicBlock
 
+from helpers_nets import randomise_bn
 from linearlens.conversion import (
     UnconvertibleModuleError,
     assert_bcos_final,
@@ -33,14 +34,10 @@ from linearlens.layers import AddInverse, BcosConv2d, BcosLinear
 
 def _randomise(model: nn.Module) -> nn.Module:
     """Non-trivial BN statistics/shifts, LN biases and non-zero heads (torchvision zero-inits some)."""
+    randomise_bn(model)
     with torch.no_grad():
         for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.5, 0.5)
-            elif isinstance(m, nn.LayerNorm):
+            if isinstance(m, nn.LayerNorm):
                 m.weight.uniform_(0.5, 1.5)
                 m.bias.uniform_(-0.3, 0.3)
             elif isinstance(m, nn.Linear):
