@@ -132,7 +132,7 @@ def test_checkpoint_errors(tmp_path):
     name = "bcos_resnet18_cifar"
     model = create_model(name, width=1 / 32)
     save_model(tmp_path / "run", model, name, model.model_args, {})
-    with pytest.raises(FileNotFoundError, match="do not exist"):
+    with pytest.raises(FileNotFoundError, match="nowhere does not exist"):
         create_model(name, checkpoint=tmp_path / "nowhere")
     with pytest.raises(ValueError, match=r"\.weight has shape .* expects"):
         create_model(name, checkpoint=tmp_path / "run", width=1 / 16)

@@ -11,6 +11,9 @@ from pathlib import Path
 
 from torch import nn
 
+from .models import load_checkpoint
+from .safefiles import read_json
+
 __all__ = ["PRETRAINED_DIR", "load_pretrained", "pretrained_info"]
 
 PRETRAINED_DIR = Path(__file__).resolve().parent / "_embedded" / "pretrained_bcos_cifar10"
@@ -22,8 +25,6 @@ def load_pretrained() -> nn.Module:
     It takes ``(N, 3, H, W)`` RGB images in [0, 1] (it applies AddInverse itself) and returns 10 logits in
     the class order of :data:`linearlens.data.CIFAR10_CLASSES`.
     """
-    from .training.checkpoint import load_checkpoint
-
     if not (PRETRAINED_DIR / "model.safetensors").is_file():
         raise FileNotFoundError(f"the pretrained network is missing from this installation ({PRETRAINED_DIR})")
     return load_checkpoint(PRETRAINED_DIR)
@@ -31,6 +32,4 @@ def load_pretrained() -> nn.Module:
 
 def pretrained_info() -> dict:
     """The shipped network's ``config.json``: model arguments, recipe and measured accuracy."""
-    from .training.checkpoint import read_json
-
     return read_json(PRETRAINED_DIR / "config.json")

@@ -31,8 +31,7 @@ from ..metrics.evaluation import (
     grid_pointing_scores,
     summarize,
 )
-from ..models import create_model
-from ..training import load_checkpoint
+from ..models import create_model, load_checkpoint
 from ..training.checkpoint import write_json
 from ..training.distributed import DistributedContext, distributed, run_sharded
 from . import CommandError

@@ -13,8 +13,8 @@ from PIL import Image, UnidentifiedImageError
 from ..data import CIFAR10_CLASSES, load_cifar10
 from ..explain import Explanation, explain, list_methods
 from ..explain.visualize import save_explanation_grid
+from ..models import load_checkpoint
 from ..pretrained import load_pretrained
-from ..training import load_checkpoint
 from . import CommandError
 
 

@@ -23,15 +23,13 @@ from ..figures import save_figure, subplots
 from ..interpret import LinearScope, bias_contributions, pixel_discussions
 from ..interpret.plots import contribution_bars, pixel_vote_grid
 from ..layers import LogitLayer
-from ..models import create_model, list_models
+from ..models import create_model, list_models, load_checkpoint
 from ..training.checkpoint import write_json
 from . import CommandError
 
 
 def _model(args: argparse.Namespace) -> torch.nn.Module:
     if args.checkpoint:
-        from ..training import load_checkpoint
-
         return load_checkpoint(args.checkpoint)
     if args.model not in list_models():
         raise CommandError(f"unknown model {args.model!r}; registered: {', '.join(list_models())}")

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..data import CIFAR10_CLASSES, load_cifar10
-from ..models import create_model, list_models
+from ..models import create_model, list_models, load_checkpoint
 from .arrays import decode_image
 
 __all__ = ["load_network", "load_image_files", "embedded_examples", "atlas_cache_dir"]
@@ -27,8 +27,6 @@ def load_network(spec: str, seed: int = 0) -> tuple[nn.Module, list[str] | None,
     """
     path = Path(spec)
     if path.is_dir() or path.suffix == ".safetensors":
-        from ..training import load_checkpoint
-
         model = load_checkpoint(path)
         return model, _cifar_names(model), f"checkpoint {spec}"
     if ".py:" in spec:
