@@ -260,7 +260,8 @@ def test_kernels_are_built_once_into_the_cache(monkeypatch, tmp_path):
 
 
 def test_unsupported_tensors_use_the_eager_path():
-    """Non-contiguous inputs, other dtypes and tensors autograd must track are not given to the kernels."""
+    """Strided (neither contiguous nor channels-last) inputs, other dtypes and tensors autograd must track are
+    not given to the kernels; the layer still computes the same values from them."""
     x = torch.rand(2, 4, 6, 6)
     assert not fused.supports(x.transpose(2, 3))
     assert not fused.supports(x.half())
@@ -268,5 +269,101 @@ def test_unsupported_tensors_use_the_eager_path():
     with torch.enable_grad():
         assert not fused.supports(x.clone().requires_grad_(True))
     layer = BcosConv2d(4, 2, 3, padding=1).double()
-    xc = torch.rand(2, 6, 6, 4, dtype=torch.float64).permute(0, 3, 1, 2)  # channels-last strides
-    torch.testing.assert_close(layer(xc), layer(xc.contiguous()), rtol=1e-12, atol=1e-13)
+    xt = torch.rand(2, 4, 6, 6, dtype=torch.float64).transpose(2, 3)
+    torch.testing.assert_close(layer(xt), layer(xt.contiguous()), rtol=1e-12, atol=1e-13)
+
+
+# --- channels-last (NHWC) inputs: their own kernels, same values ------------------------------------------
+
+CL = torch.channels_last
+
+
+def _run_layer(layer: BcosConv2d, x: torch.Tensor, grad_seed: int = 1):
+    """Inference output, training output, input and weight gradients (for a fixed dL/dy)."""
+    with torch.no_grad():
+        inference = layer(x)
+    xg = x.detach().clone(memory_format=torch.preserve_format).requires_grad_(True)
+    out = layer(xg)
+    grad_out = torch.randn(out.shape, dtype=out.dtype, generator=torch.Generator().manual_seed(grad_seed))
+    gx, gw = torch.autograd.grad(out, (xg, layer.weight), grad_out)
+    return inference, out.detach(), gx, gw
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(("cin", "cout", "b", "max_out", "groups", "stride", "size"), [
+    (8, 6, 2.0, 1, 1, 1, 9), (8, 6, 2.0, 2, 1, 2, 9), (8, 6, 2.5, 3, 2, 1, 7), (8, 6, 1.25, 1, 2, 2, 8),
+    (40, 24, 2.0, 1, 1, 1, 5),  # longer channel rows than the kernels' vector lanes (16 / 8)
+    (6, 1, 2.0, 2, 1, 1, 6),  # one output channel: the kept winners are both contiguous and channels-last
+    (6, 4, 2.0, 2, 1, 1, 1),  # one position
+])
+def test_channels_last_input_gives_the_contiguous_results(dtype, cin, cout, b, max_out, groups, stride, size):
+    """A channels-last input runs the NHWC kernels and gives the values and gradients of the contiguous
+    input (and of the eager path), with a channels-last output."""
+    if not fused.available():
+        pytest.skip(f"fused kernels unavailable: {fused.unavailable_reason()}")
+    torch.manual_seed(0)
+    layer = BcosConv2d(cin, cout, 3, stride=stride, padding=1, groups=groups, b=b, max_out=max_out,
+                       scale=2.0).to(dtype)
+    x = torch.randn(3, cin, size, size, dtype=dtype)
+    contiguous = _run_layer(layer, x)
+    channels_last = _run_layer(layer, x.contiguous(memory_format=CL))
+    if size > 1 and cout > 1:
+        assert channels_last[0].is_contiguous(memory_format=CL) and not channels_last[0].is_contiguous()
+        assert channels_last[2].is_contiguous(memory_format=CL)
+    rtol = 1e-4 if dtype == torch.float32 else 1e-11
+    for a, e in zip(channels_last, contiguous):
+        torch.testing.assert_close(a, e, rtol=rtol, atol=rtol * e.abs().max().item())
+
+
+def test_channels_last_tensors_reach_the_nhwc_kernels(monkeypatch):
+    """The kernels, not the eager fallback, serve channels-last tensors (forward, backward, frozen factor)."""
+    if not fused.available():
+        pytest.skip(f"fused kernels unavailable: {fused.unavailable_reason()}")
+    calls = []
+    original = fused._fn
+
+    def spy(name, dtype, nhwc=False):
+        calls.append((name, nhwc))
+        return original(name, dtype, nhwc)
+
+    monkeypatch.setattr(fused, "_fn", spy)
+    layer = BcosConv2d(8, 4, 3, padding=1, max_out=2).double()
+    x = torch.randn(2, 8, 6, 6, dtype=torch.float64).contiguous(memory_format=CL)
+    _run_layer(layer, x)
+    assert {("channel_squares", True), ("scale_forward", True), ("scale_backward", True)} <= set(calls)
+    assert not any(name in {"channel_squares", "scale_backward"} and not nhwc for name, nhwc in calls)
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    kernel=st.integers(1, 3), stride=st.integers(1, 2), padding=st.integers(0, 1), groups=st.sampled_from([1, 2]),
+    max_out=st.integers(1, 3), b=st.sampled_from([1.25, 2.0, 2.5]), batch=st.integers(1, 3),
+    channels=st.sampled_from([2, 4, 18]), size=st.integers(1, 6),
+)
+def test_channels_last_equals_eager_property(kernel, stride, padding, groups, max_out, b, batch, channels, size):
+    """Any geometry: channels-last through the kernels == contiguous through the eager path (float64)."""
+    if not fused.available() or size + 2 * padding < kernel:
+        return
+    torch.manual_seed(0)
+    layer = BcosConv2d(channels, 2 * groups, kernel, stride, padding, 1, groups, b=b, max_out=max_out).double()
+    x = torch.randn(batch, channels, size, size + 1, dtype=torch.float64)
+    fast = _run_layer(layer, x.contiguous(memory_format=CL))
+    original = fused.supports
+    fused.supports = lambda *tensors: False
+    try:
+        slow = _run_layer(layer, x)
+    finally:
+        fused.supports = original
+    for a, e in zip(fast, slow):
+        torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-12)
+
+
+def test_channels_last_explanations_equal_contiguous_ones():
+    """Explaining a channels-last batch gives the rows of the contiguous batch (frozen factors, MaxOut)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(BcosConv2d(3, 8, 3, padding=1, max_out=2), BcosConv2d(8, 5, 3, stride=2, padding=1),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten()).double()
+    x = torch.rand(2, 3, 8, 8, dtype=torch.float64)
+    a = explain(net, x, "all", method="linear_rows")
+    b = explain(net, x.contiguous(memory_format=CL), "all", method="linear_rows")
+    torch.testing.assert_close(b.weights, a.weights, rtol=1e-11, atol=1e-13)

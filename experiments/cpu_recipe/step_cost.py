@@ -26,9 +26,10 @@ from package_net import PackageCifarNet  # noqa: E402
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--configs", default="0.25:1:64,0.25:2:64,0.25:2:128,0.5:1:64,0.5:2:64")
     args = parser.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     rows = []
     for spec in args.configs.split(","):
         width, max_out, batch = float(spec.split(":")[0]), int(spec.split(":")[1]), int(spec.split(":")[2])
@@ -50,7 +51,7 @@ def main() -> int:
         row["bcos_over_linearlens"] = round(row["bcos_ms_per_image"] / row["linearlens_ms_per_image"], 3)
         print(row, flush=True)
         rows.append(row)
-    print(json.dumps({"threads": 1, "clock": "process_time", "rows": rows}))
+    print(json.dumps({"threads": args.threads, "clock": "process_time", "rows": rows}))
     return 0
 
 

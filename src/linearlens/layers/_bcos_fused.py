@@ -123,9 +123,99 @@ void scale_backward_##SUF(const T* g, const T* lin, const uint8_t* win, const T*
             for (int64_t k = 0; k < units; ++k) gf[k * hw + p] = w[k * hw + p] ? share : (T)0;         \
         }                                                                                              \
     }                                                                                                  \
+}                                                                                                      \
+/* Channels-last (NHWC) variants: the channels of one position are contiguous, so the per-position       \
+   sums run over a short contiguous row, in LANES independent partial sums (vectorisable without          \
+   reassociating any one sum), and the per-position multiplier is read once per position. */             \
+static inline T row_squares_##SUF(const T* x, int64_t len) {                                           \
+    T part[LANES] = {0}; int64_t k = 0;                                                                \
+    for (; k + LANES <= len; k += LANES) for (int j = 0; j < LANES; ++j) part[j] += x[k + j] * x[k + j]; \
+    T s = 0; for (int j = 0; j < LANES; ++j) s += part[j];                                             \
+    for (; k < len; ++k) s += x[k] * x[k];                                                             \
+    return s;                                                                                          \
+}                                                                                                      \
+void channel_squares_nhwc_##SUF(const T* x, T* out, int64_t n, int64_t groups, int64_t per_group,     \
+                                int64_t hw) {                                                          \
+    for (int64_t i = 0; i < n; ++i) for (int64_t p = 0; p < hw; ++p) {                                 \
+        const T* xp = x + (i * hw + p) * groups * per_group;                                           \
+        for (int64_t g = 0; g < groups; ++g)                                                           \
+            out[(i * groups + g) * hw + p] = row_squares_##SUF(xp + g * per_group, per_group);          \
+    }                                                                                                  \
+}                                                                                                      \
+void scale_forward_nhwc_##SUF(const T* lin, const T* mult, T* y, T* o_out, uint8_t* win, int64_t n,   \
+                              int64_t c, int64_t units, int64_t groups, int64_t hw,                    \
+                              int64_t factor_only, double b, double scale) {                           \
+    const int b_is_two = b == 2.0; const T bm1 = (T)(b - 1.0), sc = (T)scale;                          \
+    const int64_t per_group = c / groups;                                                              \
+    for (int64_t i = 0; i < n; ++i) for (int64_t p = 0; p < hw; ++p) {                                 \
+        const int64_t pos = i * hw + p;                                                                \
+        const T* base = lin + pos * c * units;                                                         \
+        T* yo = y + pos * c;                                                                           \
+        for (int64_t g = 0; g < groups; ++g) {                                                         \
+            const T m = mult[(i * groups + g) * hw + p];                                               \
+            const int64_t c0 = g * per_group, c1 = c0 + per_group;                                     \
+            if (units == 1) {                                                                          \
+                for (int64_t ch = c0; ch < c1; ++ch) {                                                 \
+                    const T o = base[ch];                                                              \
+                    const T f = factor_##SUF(o, m, b_is_two, bm1, sc);                                 \
+                    yo[ch] = factor_only ? f : f * o;                                                  \
+                }                                                                                      \
+                continue;                                                                              \
+            }                                                                                          \
+            for (int64_t ch = c0; ch < c1; ++ch) {                                                     \
+                const T* u = base + ch * units;                                                        \
+                T best = u[0];                                                                         \
+                for (int64_t k = 1; k < units; ++k) if (u[k] > best || u[k] != u[k]) best = u[k];      \
+                if (o_out) o_out[pos * c + ch] = best;                                                 \
+                if (win) for (int64_t k = 0; k < units; ++k) win[(pos * c + ch) * units + k] = u[k] == best; \
+                const T f = factor_##SUF(best, m, b_is_two, bm1, sc);                                  \
+                yo[ch] = factor_only ? f : f * best;                                                   \
+            }                                                                                          \
+        }                                                                                              \
+    }                                                                                                  \
+}                                                                                                      \
+void scale_backward_nhwc_##SUF(const T* g, const T* lin, const uint8_t* win, const T* mult,           \
+                               T* grad_full, T* sums, int64_t n, int64_t c, int64_t units,             \
+                               int64_t groups, int64_t hw, double b, double scale) {                   \
+    const int b_is_two = b == 2.0; const T bm1 = (T)(b - 1.0), sc = (T)scale, bb = (T)b;               \
+    const int64_t per_group = c / groups;                                                              \
+    for (int64_t i = 0; i < n; ++i) for (int64_t p = 0; p < hw; ++p) {                                 \
+        const int64_t pos = i * hw + p;                                                                \
+        const T* go = g + pos * c;                                                                     \
+        const T* o = lin + pos * c;                                                                    \
+        T* gf = grad_full + pos * c * units;                                                           \
+        for (int64_t grp = 0; grp < groups; ++grp) {                                                   \
+            const T m = mult[(i * groups + grp) * hw + p];                                             \
+            const int64_t c0 = grp * per_group, c1 = c0 + per_group;                                   \
+            T part[LANES] = {0};                                                                       \
+            int64_t ch = c0;                                                                           \
+            if (units == 1) {                                                                          \
+                for (; ch + LANES <= c1; ch += LANES) for (int j = 0; j < LANES; ++j) {                \
+                    const T gl = bb * (go[ch + j] * factor_##SUF(o[ch + j], m, b_is_two, bm1, sc));    \
+                    gf[ch + j] = gl;                                                                   \
+                    part[j] += gl * o[ch + j];                                                         \
+                }                                                                                      \
+            }                                                                                          \
+            T s = 0; for (int j = 0; j < LANES; ++j) s += part[j];                                     \
+            for (; ch < c1; ++ch) {                                                                    \
+                const T gl = bb * (go[ch] * factor_##SUF(o[ch], m, b_is_two, bm1, sc));                \
+                s += gl * o[ch];                                                                       \
+                if (units == 1) { gf[ch] = gl; continue; }                                             \
+                const uint8_t* w = win + (pos * c + ch) * units;                                       \
+                int count = 0;                                                                         \
+                for (int64_t k = 0; k < units; ++k) count += w[k];                                     \
+                const T share = count > 1 ? gl / (T)count : gl;                                        \
+                for (int64_t k = 0; k < units; ++k) gf[ch * units + k] = w[k] ? share : (T)0;          \
+            }                                                                                          \
+            sums[(i * groups + grp) * hw + p] = s;                                                     \
+        }                                                                                              \
+    }                                                                                                  \
 }
 
+#define LANES 16
 KERNELS(float, f32, fabsf, powf)
+#undef LANES
+#define LANES 8
 KERNELS(double, f64, fabs, pow)
 """
 
@@ -179,8 +269,12 @@ def _load() -> ctypes.CDLL | None:
                     lib = ctypes.CDLL(str(_build(compiler)))
                     for suffix in ("f32", "f64"):
                         getattr(lib, f"channel_squares_{suffix}").argtypes = [_PTR, _PTR, _I64, _I64, _I64]
-                        getattr(lib, f"scale_forward_{suffix}").argtypes = [_PTR] * 5 + [_I64] * 6 + [_F64] * 2
-                        getattr(lib, f"scale_backward_{suffix}").argtypes = [_PTR] * 6 + [_I64] * 5 + [_F64] * 2
+                        getattr(lib, f"channel_squares_nhwc_{suffix}").argtypes = [_PTR, _PTR] + [_I64] * 4
+                        for layout in ("", "nhwc_"):
+                            getattr(lib, f"scale_forward_{layout}{suffix}").argtypes = (
+                                [_PTR] * 5 + [_I64] * 6 + [_F64] * 2)
+                            getattr(lib, f"scale_backward_{layout}{suffix}").argtypes = (
+                                [_PTR] * 6 + [_I64] * 5 + [_F64] * 2)
                 except (OSError, subprocess.SubprocessError) as err:
                     _STATE["error"] = f"{type(err).__name__}: {err}"
                     lib = None
@@ -204,15 +298,29 @@ def unavailable_reason() -> str | None:
 _SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
 
 
+def channels_last(t: Tensor) -> bool:
+    """True when ``t`` is a 4-D tensor laid out channels-last (NHWC) and not also plain contiguous (a tensor
+    with one channel or one position is both; the plain kernels serve it)."""
+    return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+
+
+def _dense(t: Tensor) -> bool:
+    return t.is_contiguous() or channels_last(t)
+
+
+def _format(nhwc: bool) -> torch.memory_format:
+    return torch.channels_last if nhwc else torch.contiguous_format
+
+
 def supports(*tensors: Tensor) -> bool:
-    """True when every tensor is a contiguous float32/float64 CPU tensor of one dtype that autograd need not
-    track, outside any torch.func transform, and the kernels are available."""
+    """True when every tensor is a dense (contiguous or channels-last) float32/float64 CPU tensor of one dtype
+    that autograd need not track, outside any torch.func transform, and the kernels are available."""
     first = tensors[0]
     grad = torch.is_grad_enabled()
     return (
         first.dtype in _SUFFIX
         and all(
-            t.device.type == "cpu" and t.dtype == first.dtype and t.is_contiguous() and not (grad and t.requires_grad)
+            t.device.type == "cpu" and t.dtype == first.dtype and _dense(t) and not (grad and t.requires_grad)
             for t in tensors
         )
         and not torch._C._are_functorch_transforms_active()
@@ -220,8 +328,8 @@ def supports(*tensors: Tensor) -> bool:
     )
 
 
-def _fn(name: str, dtype: torch.dtype):
-    return getattr(_load(), f"{name}_{_SUFFIX[dtype]}")
+def _fn(name: str, dtype: torch.dtype, nhwc: bool = False):
+    return getattr(_load(), f"{name}_{'nhwc_' if nhwc else ''}{_SUFFIX[dtype]}")
 
 
 def _ptr(t: Tensor | None) -> int | None:
@@ -229,10 +337,15 @@ def _ptr(t: Tensor | None) -> int | None:
 
 
 def channel_squares(x: Tensor, groups: int) -> Tensor:
-    """``sum_c x_c^2`` within each group of channels of ``x`` (N, C, H, W): ``(N, groups, H, W)``."""
+    """``sum_c x_c^2`` within each group of channels of ``x`` (N, C, H, W), contiguous or channels-last:
+    ``(N, groups, H, W)``, contiguous."""
     n, c, h, w = x.shape
     out = x.new_empty(n, groups, h, w)
-    _fn("channel_squares", x.dtype)(x.data_ptr(), out.data_ptr(), n * groups, c // groups, h * w)
+    if channels_last(x):
+        _fn("channel_squares", x.dtype, True)(x.data_ptr(), out.data_ptr(), n, groups, c // groups, h * w)
+    else:
+        x = x.contiguous()
+        _fn("channel_squares", x.dtype)(x.data_ptr(), out.data_ptr(), n * groups, c // groups, h * w)
     return out
 
 
@@ -242,20 +355,29 @@ def scale_forward(
 ) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """MaxOut over ``units``, then ``y = f o`` with ``f`` the dynamic scale (see the module docstring).
 
-    ``linear`` is the convolution's output ``(N, C * units, H, W)``; ``multiplier`` ``(N, groups, H, W)``
-    is ``gamma / d`` for B = 2 and ``1 / d`` otherwise (``d = ||x_patch|| + eps``).  ``out`` may be
-    ``linear`` itself when ``units == 1`` (in place).  With ``keep`` (and MaxOut) also returns the winning
-    linear outputs and the one-byte winner mask ``(N, C, units, H, W)`` the backward needs.  With
-    ``factor_only`` writes the dynamic scale ``f`` instead of ``y``.
+    ``linear`` is the convolution's output ``(N, C * units, H, W)``, contiguous or channels-last (``y`` and
+    the kept tensors take its layout); ``multiplier`` ``(N, groups, H, W)`` is ``gamma / d`` for B = 2 and
+    ``1 / d`` otherwise (``d = ||x_patch||``).  ``out`` may be ``linear`` itself when ``units == 1`` (in
+    place).  With ``keep`` (and MaxOut) also returns the winning linear outputs and the one-byte winner mask
+    ``(N, C, units, H, W)`` the backward needs.  With ``factor_only`` writes the dynamic scale ``f``
+    instead of ``y``.
     """
     n, cu, h, w = linear.shape
     c = cu // units
-    y = linear.new_empty(n, c, h, w) if out is None else out
+    nhwc = channels_last(linear)
+    if not nhwc:
+        linear = linear.contiguous()
+    multiplier = multiplier.contiguous()
+    y = torch.empty((n, c, h, w), dtype=linear.dtype, memory_format=_format(nhwc)) if out is None else out
+    if out is not None and out.data_ptr() != linear.data_ptr() and channels_last(out) != nhwc:
+        raise ValueError("scale_forward: out must have the layout of linear")
     o_out = win = None
     if keep and units > 1:
-        o_out = linear.new_empty(n, c, h, w)
-        win = torch.empty(n, c, units, h, w, dtype=torch.uint8)
-    _fn("scale_forward", linear.dtype)(
+        o_out = torch.empty((n, c, h, w), dtype=linear.dtype, memory_format=_format(nhwc))
+        # The mask's memory follows the units' order in ``linear``: (N, C, units, H, W) or (N, H, W, C, units).
+        win = (torch.empty(n, h, w, c, units, dtype=torch.uint8).permute(0, 3, 4, 1, 2) if nhwc
+               else torch.empty(n, c, units, h, w, dtype=torch.uint8))
+    _fn("scale_forward", linear.dtype, nhwc)(
         linear.data_ptr(), multiplier.data_ptr(), y.data_ptr(), _ptr(o_out), _ptr(win), n, c, units, groups, h * w,
         int(factor_only), float(b), float(scale),
     )
@@ -266,12 +388,19 @@ def scale_backward(
     grad_out: Tensor, linear: Tensor, winners: Tensor | None, multiplier: Tensor, units: int, groups: int,
     b: float, scale: float,
 ) -> tuple[Tensor, Tensor]:
-    """``dL/d(conv output)`` (``(N, C * units, H, W)``, zero for MaxOut losers) and, per group and position,
-    ``sum_c dL/do * o`` (``(N, groups, H, W)``), from ``dL/dy`` and the saved winning linear outputs."""
+    """``dL/d(conv output)`` (``(N, C * units, H, W)`` in the layout of ``linear``, zero for MaxOut losers)
+    and, per group and position, ``sum_c dL/do * o`` (``(N, groups, H, W)``), from ``dL/dy`` and the saved
+    winning linear outputs and winner mask (as :func:`scale_forward` made them)."""
     n, c, h, w = grad_out.shape
-    grad_full = grad_out.new_empty(n, c * units, h, w)
+    # With MaxOut the mask's strides tell the layout of the convolution's output (``linear`` here is the
+    # winners' output, which with one channel is both contiguous and channels-last).
+    nhwc = channels_last(linear) if winners is None else (winners.stride(2) == 1 and h * w > 1)
+    grad_out = grad_out.contiguous(memory_format=_format(nhwc))
+    linear = linear.contiguous(memory_format=_format(nhwc))
+    multiplier = multiplier.contiguous()
+    grad_full = torch.empty((n, c * units, h, w), dtype=grad_out.dtype, memory_format=_format(nhwc))
     sums = grad_out.new_empty(n, groups, h, w)
-    _fn("scale_backward", grad_out.dtype)(
+    _fn("scale_backward", grad_out.dtype, nhwc)(
         grad_out.data_ptr(), linear.data_ptr(), _ptr(winners), multiplier.data_ptr(), grad_full.data_ptr(),
         sums.data_ptr(), n, c, units, groups, h * w, float(b), float(scale),
     )

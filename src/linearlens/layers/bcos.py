@@ -465,7 +465,6 @@ class _BcosConv2dLive(torch.autograd.Function):
                 grads = iter(torch.autograd.grad(out, inputs, grad_out, create_graph=create_graph))
             return (next(grads) if need_x else None), (next(grads) if need_w else None), None, None
         b, groups = layer.b, layer.groups
-        grad_out = grad_out.contiguous()
         per_group = None
         if fused.supports(grad_out, linear, multiplier):
             grad_full, per_group = fused.scale_backward(
@@ -480,7 +479,8 @@ class _BcosConv2dLive(torch.autograd.Function):
                 spread = grad_linear.unsqueeze(2)
                 if int(winners.sum()) != linear.numel():
                     spread = spread / winners.sum(2, keepdim=True)  # ties share the gradient, as amax does
-                grad_full = torch.where(winners, spread, grad_linear.new_zeros(())).flatten(1, 2)
+                # (the fused forward's mask is uint8, which ``where`` no longer takes as a condition)
+                grad_full = torch.where(winners.bool(), spread, grad_linear.new_zeros(())).flatten(1, 2)
         grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
             grad_full, xp, w_hat, None, layer.stride, padding, layer.dilation, False, [0, 0], groups,
             (need_x, need_w, False),
