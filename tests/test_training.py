@@ -110,3 +110,27 @@ def test_non_finite_loss_stops_with_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(trainer_module, "bce_loss", lambda logits, labels: logits.sum() * float("nan"))
     with pytest.raises(FloatingPointError, match="loss became nan"):
         train(tiny_config(tmp_path, epochs=1), progress=False)
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_channels_last_option_sets_the_batch_layout(tmp_path, monkeypatch, channels_last):
+    """``channels_last`` feeds the network NHWC batches (the layers' NHWC kernels), otherwise contiguous ones;
+    the run trains either way."""
+    layouts = []
+    original = trainer_module.create_model
+
+    def spying_create_model(*args, **kwargs):
+        model = original(*args, **kwargs)
+        model.register_forward_pre_hook(
+            lambda module, inputs: layouts.append(
+                (module.training, inputs[0].is_contiguous(memory_format=torch.channels_last),
+                 inputs[0].is_contiguous())))
+        return model
+
+    monkeypatch.setattr(trainer_module, "create_model", spying_create_model)
+    config = tiny_config(tmp_path, epochs=1)
+    config.channels_last = channels_last
+    metrics = train(config, progress=False)
+    training_layouts = {(cl, contiguous) for is_training, cl, contiguous in layouts if is_training}
+    assert training_layouts == ({(True, False)} if channels_last else {(False, True)})
+    assert math.isfinite(metrics["test_accuracy"])

@@ -28,6 +28,8 @@ def add_training_arguments(parser: argparse.ArgumentParser, epochs: int, width: 
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--device", default="auto", help="'auto' (CUDA if available), 'cpu', 'cuda' or 'cuda:N'")
+    parser.add_argument("--contiguous", action="store_true",
+                        help="train on contiguous (NCHW) batches instead of channels-last ones (CPU)")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                         help="bf16: autocast the forward pass to bfloat16 (mixed precision)")
     parser.add_argument("--out", default=out, help="run directory (checkpoints, config, history)")
@@ -67,6 +69,7 @@ def config_from_args(args: argparse.Namespace, model: str = "bcos_cifar") -> Tra
         threads=args.threads,
         device=args.device,
         precision=args.precision,
+        channels_last=not args.contiguous,
     )
 
 
