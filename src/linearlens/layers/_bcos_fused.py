@@ -13,7 +13,9 @@ each job in ONE pass over the full-size tensors:
   the channel sum of ``dL/do * o`` that the gradient through the patch norm needs.
 
 They are plain C (no PyTorch headers), compiled once with the system C compiler into a per-user cache
-(about a second) and called through :mod:`ctypes` on contiguous float32/float64 CPU tensors.  Without a
+(about a second) and called through :mod:`ctypes` on float32/float64 CPU tensors that are contiguous or
+channels-last (NHWC, where oneDNN convolves without reordering; each kernel has an NHWC variant whose
+per-position channel sums run over a contiguous row in independent partial sums).  Without a
 compiler, on other devices or dtypes, or with ``LINEARLENS_FUSED=0`` in the environment, the layer
 uses its eager implementation, which computes the same values.
 """
