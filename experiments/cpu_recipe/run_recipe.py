@@ -162,8 +162,9 @@ def main(argv: list[str] | None = None) -> int:
                 if not math.isfinite(float(loss.detach())):
                     print(f"{arm.name}: loss is {float(loss)} at step {arm.steps}", flush=True)
                     return 1
-            if arm.since_eval >= args.eval_every or arm.spent >= args.budget:
-                evaluate(arm)
+                # Within a segment too (a segment may be the whole budget), and always at the budget's end.
+                if arm.since_eval >= args.eval_every or arm.spent >= args.budget:
+                    evaluate(arm)
     print(json.dumps({"final": {a.name: [r for r in log if r["arm"] == a.name][-1] for a in arms}}))
     return 0
 
