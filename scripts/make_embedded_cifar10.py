@@ -4,7 +4,7 @@
 The embedded file holds a small, balanced, real subset of CIFAR-10 so that the package and its tests run
 on a fresh clone without ``../shared/data``:
 
-* ``train``: the first 500 images of every class (files sorted by name) from ``<source>/train/<class>/``;
+* ``train``: the first 1,000 images of every class (files sorted by name) from ``<source>/train/<class>/``;
 * ``test``:  the first 100 images of every class from ``<source>/test/<class>/``.
 
 The ORIGINAL JPEG bytes are stored unchanged (no re-encoding, so nothing is lost relative to the source
@@ -27,7 +27,7 @@ from the same files is byte-identical.
 Usage (from the repository root)::
 
     python scripts/make_embedded_cifar10.py                       # defaults below
-    python scripts/make_embedded_cifar10.py --source ../shared/data/cifar10 --train-per-class 500
+    python scripts/make_embedded_cifar10.py --source ../shared/data/cifar10 --train-per-class 1000
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE,
                         help="ImageFolder root with train/ and test/ (default: %(default)s)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output .npz (default: %(default)s)")
-    parser.add_argument("--train-per-class", type=int, default=500)
+    parser.add_argument("--train-per-class", type=int, default=1000)
     parser.add_argument("--test-per-class", type=int, default=100)
     args = parser.parse_args(argv)
 

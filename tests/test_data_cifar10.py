@@ -65,7 +65,7 @@ def _write_batches(
 # embedded subset
 
 
-@pytest.mark.parametrize(("split", "n"), [("train", 5000), ("test", 1000)])
+@pytest.mark.parametrize(("split", "n"), [("train", 10000), ("test", 1000)])
 def test_embedded_loads_balanced(split: str, n: int) -> None:
     s = load_cifar10("embedded", split)
     assert len(s) == n
@@ -94,7 +94,7 @@ def test_embedded_limit_per_class_and_cache_isolation() -> None:
 def test_embedded_matches_shared_files() -> None:
     if not SHARED_CIFAR10.is_dir():
         pytest.skip(f"shared data not present at {SHARED_CIFAR10}")
-    for split, per_class in (("train", 500), ("test", 100)):
+    for split, per_class in (("train", 1000), ("test", 100)):
         emb = load_cifar10("embedded", split)
         shared = load_cifar10(SHARED_CIFAR10, split, limit_per_class=per_class)
         assert torch.equal(emb.labels, shared.labels)
@@ -102,7 +102,7 @@ def test_embedded_matches_shared_files() -> None:
     # spot check against an independent decode of one file
     ref = np.asarray(Image.open(SHARED_CIFAR10 / "train" / "cat" / "0007.jpg").convert("RGB"))
     emb = load_cifar10("embedded", "train")
-    idx = CIFAR10_CLASSES.index("cat") * 500 + 7
+    idx = CIFAR10_CLASSES.index("cat") * 1000 + 7
     assert np.array_equal(emb.images[idx].permute(1, 2, 0).numpy(), ref)
 
 

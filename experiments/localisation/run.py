@@ -75,7 +75,8 @@ def run_dir(b: float, runs: str | Path) -> Path:
 
 def train_all(args: argparse.Namespace) -> None:
     data = data_source()
-    probe = load_cifar10("embedded", "train").images[::50][:100].float() / 255
+    # 10 images of each class: the first 500 embedded training images of a class, every 50th
+    probe = load_cifar10("embedded", "train", 500).images[::50][:100].float() / 255
     for b in B_VALUES:
         out = run_dir(b, args.runs_dir)
         config_path = out / "config.json"

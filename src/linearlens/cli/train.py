@@ -11,7 +11,9 @@ from ..training import TrainConfig, train
 from . import CommandError
 
 
-def add_training_arguments(parser: argparse.ArgumentParser, epochs: int, width: float, out: str) -> None:
+def add_training_arguments(
+    parser: argparse.ArgumentParser, epochs: int, width: float, out: str, max_out: int = 2
+) -> None:
     """Arguments shared by ``train`` and ``demo``."""
     parser.add_argument("--data", default="embedded", help="'embedded' or a CIFAR-10 folder (ImageFolder or batches)")
     parser.add_argument("--epochs", type=int, default=epochs)
@@ -21,7 +23,7 @@ def add_training_arguments(parser: argparse.ArgumentParser, epochs: int, width: 
     parser.add_argument("--b", type=float, default=2.0, help="the B-cos exponent B")
     parser.add_argument("--temperature", type=float, default=None,
                         help="output temperature T (default: App. C.1.1's value for B, listed for 1 <= B <= 2.5)")
-    parser.add_argument("--max-out", type=int, default=2, help="MaxOut units per neuron (1 = plain)")
+    parser.add_argument("--max-out", type=int, default=max_out, help="MaxOut units per neuron (1 = plain)")
     parser.add_argument("--width", type=float, default=width, help="channel multiplier of App. C.1.1's network")
     parser.add_argument("--train-per-class", type=int, default=None, help="first n training images per class")
     parser.add_argument("--test-per-class", type=int, default=None, help="use only the first n test images per class")

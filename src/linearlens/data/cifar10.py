@@ -5,8 +5,8 @@ Three on-disk sources give the same :class:`ImageSet` (uint8 ``N x 3 x 32 x 32``
 official label order):
 
 ``"embedded"``
-    ``linearlens/_embedded/cifar10_subset.npz``, shipped inside the package: the first 500 training and the
-    first 100 test images of every class of the JPEG copy in ``../shared/data/cifar10`` (5,000 / 1,000
+    ``linearlens/_embedded/cifar10_subset.npz``, shipped inside the package: the first 1,000 training and the
+    first 100 test images of every class of the JPEG copy in ``../shared/data/cifar10`` (10,000 / 1,000
     images), stored as the original JPEG bytes. See ``_embedded/README.md`` and
     ``scripts/make_embedded_cifar10.py``.
 an ImageFolder tree
@@ -66,7 +66,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 EMBEDDED_FILE = "cifar10_subset.npz"
 SHARED_DATA_HINT = (
     "the full CIFAR-10 JPEG copy lives in ../shared/data/cifar10 relative to the project root (not part of "
-    "the repository); source='embedded' loads the 5,000/1,000-image subset shipped with the package"
+    "the repository); source='embedded' loads the 10,000/1,000-image subset shipped with the package"
 )
 PADDING_MODES = ("zeros", "reflect")
 
@@ -144,7 +144,7 @@ def load_cifar10(
     """Load a split of CIFAR-10 as an :class:`ImageSet`.
 
     Args:
-        source: ``"embedded"`` for the subset shipped in the package (5,000 train / 1,000 test images), or a
+        source: ``"embedded"`` for the subset shipped in the package (10,000 train / 1,000 test images), or a
             directory that is auto-detected as an ImageFolder tree (``<root>/{train,test}/<class>/*.jpg``,
             like ``../shared/data/cifar10``) or as the official python batches folder (``data_batch_1..5``,
             ``test_batch``, ``batches.meta``; a ``cifar-10-batches-py`` sub-folder is also found).
