@@ -58,3 +58,12 @@ def test_stratification_key_is_rarest_positive_class():
     labels = np.array([[1, 0, 1], [1, 0, 0], [0, 0, 0], [1, 1, 1]])
     # counts: class 0 -> 3, class 1 -> 1, class 2 -> 2
     assert stratification_key(labels).tolist() == [2, 0, 3, 1]
+
+
+def test_folds_when_no_stratum_has_k_images():
+    """Every finding rarer than k images (scikit-learn cannot stratify): still k patient-grouped folds."""
+    patients = [0, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4]
+    labels = np.array([[0, 0, 0]] * 4 + [[0, 0, 1]] * 4 + [[0, 1, 0]] * 3 + [[1, 0, 0]])
+    folds = patient_folds([str(p) for p in patients], labels, 5, 0)
+    assert sorted(set(folds.tolist())) == [0, 1, 2, 3, 4]
+    assert len({folds[i] for i, p in enumerate(patients) if p == 0}) == 1

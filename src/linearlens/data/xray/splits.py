@@ -45,6 +45,9 @@ def stratification_key(labels: Tensor | np.ndarray) -> np.ndarray:
 
 def _group_split(keys: np.ndarray, groups: np.ndarray, k: int, seed: int) -> np.ndarray:
     folds = np.empty(len(keys), dtype=np.int64)
+    if np.bincount(keys).max() < k:
+        # No stratum has k images (scikit-learn refuses to stratify then): plain patient-grouped folds.
+        keys = np.zeros_like(keys)
     splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
     with warnings.catch_warnings():
         # "least populated class has fewer than n_splits members": stratification is then best effort
