@@ -33,10 +33,14 @@ def main() -> int:
         for record in log["records"]:
             arms.setdefault(record["arm"], []).append(record)
         for arm, records in arms.items():
+            if len(records) < 2:  # an arm that never trained in this run (e.g. stopped before its turn)
+                continue
             cpu = [r["train_cpu_s"] for r in records]
             acc = [100 * r["test_accuracy"] for r in records]
             style = "-o" if arm == "linearlens" else "--s"
             label = f"{'linearlens' if arm == 'linearlens' else 'bcos 0.1.3 layers'} ({tag})"
+            if len(records) == 2:  # start and end only: no line, which would suggest a measured curve
+                style, label = style[-1], label + ", start and end only"
             ax_cpu.plot(cpu, acc, style, label=label, markersize=3)
             ax_wall.plot([r["train_wall_s"] / 60 for r in records], acc, style, label=label, markersize=3)
         threads.add(log.get("threads", 1))
