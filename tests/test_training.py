@@ -97,6 +97,8 @@ def test_bad_training_settings_are_rejected(tmp_path):
         train(TrainConfig(out_dir=str(tmp_path), epochs=0), progress=False)
     with pytest.raises(ValueError, match="lr_final"):
         train(TrainConfig(out_dir=str(tmp_path), lr=1e-5, lr_final=1e-3), progress=False)
+    with pytest.raises(ValueError, match="channels_last must be True or False"):
+        train(TrainConfig(out_dir=str(tmp_path), channels_last="no"), progress=False)
 
 
 def test_load_checkpoint_errors(tmp_path):
