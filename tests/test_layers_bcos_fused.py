@@ -45,7 +45,7 @@ def path(request, monkeypatch):
         if not fused.available():
             pytest.skip(f"fused kernels unavailable: {fused.unavailable_reason()}")
     else:
-        monkeypatch.setattr(fused, "supports", lambda *tensors: False)
+        monkeypatch.setattr(fused, "supports", lambda *tensors, **kwargs: False)
     return request.param
 
 
@@ -109,7 +109,7 @@ def test_fused_equals_eager(monkeypatch, dtype, b, max_out, groups):
         return inference, out.detach(), gx, gw, e
 
     fast = run()
-    monkeypatch.setattr(fused, "supports", lambda *tensors: False)
+    monkeypatch.setattr(fused, "supports", lambda *tensors, **kwargs: False)
     slow = run()
     # float32: powf and torch's vectorised pow differ in the last bit, and weight gradients sum many terms
     rtol = 1e-4 if dtype == torch.float32 else 1e-11
@@ -137,7 +137,7 @@ def test_fused_equals_eager_property(kernel, stride, dilation, padding, groups, 
     out = layer(x)
     grads = torch.autograd.grad(out, (x, layer.weight), torch.ones_like(out))
     original = fused.supports
-    fused.supports = lambda *tensors: False
+    fused.supports = lambda *tensors, **kwargs: False
     try:
         out_eager = layer(x)
         grads_eager = torch.autograd.grad(out_eager, (x, layer.weight), torch.ones_like(out_eager))
@@ -349,7 +349,7 @@ def test_channels_last_equals_eager_property(kernel, stride, padding, groups, ma
     x = torch.randn(batch, channels, size, size + 1, dtype=torch.float64)
     fast = _run_layer(layer, x.contiguous(memory_format=CL))
     original = fused.supports
-    fused.supports = lambda *tensors: False
+    fused.supports = lambda *tensors, **kwargs: False
     try:
         slow = _run_layer(layer, x)
     finally:

@@ -76,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="what --budget, --segment and --eval-every count: process CPU-seconds (robust to "
                              "load) or wall-seconds of training (minutes of an idle machine's cores)")
     parser.add_argument("--channels-last", action="store_true", help="feed both arms channels-last batches")
+    parser.add_argument("--bf16", action="store_true",
+                        help="both arms train under bfloat16 autocast (mixed precision); evaluation stays float32")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
@@ -146,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
                 lr = cosine_lr(int(1e6 * arm.spent / args.budget), 10**6, args.lr, args.lr_final)
                 for group in arm.optimizer.param_groups:
                     group["lr"] = lr
-                loss = bce_loss(arm.model(x), train_set.labels[idx])
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+                    loss = bce_loss(arm.model(x), train_set.labels[idx])
                 arm.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 arm.optimizer.step()

@@ -31,6 +31,7 @@ def main() -> int:
     parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
                         help="process CPU time (all threads) or wall time (an otherwise idle machine)")
     parser.add_argument("--channels-last", action="store_true", help="channels-last batches")
+    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast (mixed precision) for the steps")
     parser.add_argument("--configs", default="0.25:1:64,0.25:2:64,0.25:2:128,0.5:1:64,0.5:2:64")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -49,7 +50,9 @@ def main() -> int:
             for name, net in nets.items():
                 t0 = clock()
                 net.zero_grad(set_to_none=True)
-                bce_loss(net(x), y).backward()
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+                    loss = bce_loss(net(x), y)
+                loss.backward()
                 if r >= 2:
                     times[name].append(clock() - t0)
         row = {"width": width, "max_out": max_out, "batch": batch}
@@ -58,7 +61,8 @@ def main() -> int:
         row["bcos_over_linearlens"] = round(row["bcos_ms_per_image"] / row["linearlens_ms_per_image"], 3)
         print(row, flush=True)
         rows.append(row)
-    print(json.dumps({"threads": args.threads, "clock": args.clock, "channels_last": args.channels_last, "rows": rows}))
+    print(json.dumps({"threads": args.threads, "clock": args.clock, "channels_last": args.channels_last, "bf16": args.bf16,
+                      "rows": rows}))
     return 0
 
 

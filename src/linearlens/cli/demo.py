@@ -49,7 +49,7 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "demo", help="main job: train on the embedded data, explain test images with the shipped and trained nets"
     )
-    add_training_arguments(parser, epochs=40, width=0.25, out="runs/demo", max_out=1)
+    add_training_arguments(parser, epochs=40, width=0.25, out="runs/demo", max_out=1, precision="auto")
     parser.add_argument("--images", type=int, default=6, help="number of test images to explain")
     parser.add_argument("--no-pretrained", action="store_true",
                         help="explain with the network just trained only (not the shipped pretrained one)")

@@ -8,11 +8,12 @@ import json
 from ..models import list_models
 from ..models.bcos_cifar import cifar_temperature
 from ..training import TrainConfig, train
+from ..training.precision import PRECISIONS, resolve_precision
 from . import CommandError
 
 
 def add_training_arguments(
-    parser: argparse.ArgumentParser, epochs: int, width: float, out: str, max_out: int = 2
+    parser: argparse.ArgumentParser, epochs: int, width: float, out: str, max_out: int = 2, precision: str = "fp32"
 ) -> None:
     """Arguments shared by ``train`` and ``demo``."""
     parser.add_argument("--data", default="embedded", help="'embedded' or a CIFAR-10 folder (ImageFolder or batches)")
@@ -32,8 +33,10 @@ def add_training_arguments(
     parser.add_argument("--device", default="auto", help="'auto' (CUDA if available), 'cpu', 'cuda' or 'cuda:N'")
     parser.add_argument("--contiguous", action="store_true",
                         help="train on contiguous (NCHW) batches instead of channels-last ones (CPU)")
-    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
-                        help="bf16: autocast the forward pass to bfloat16 (mixed precision)")
+    parser.add_argument("--precision", choices=PRECISIONS, default=precision,
+                        help="bf16: autocast the forward pass to bfloat16 (mixed precision); auto: bf16 where the "
+                             f"device computes it natively (this machine: {resolve_precision('auto')}), else fp32 "
+                             f"(default {precision})")
     parser.add_argument("--out", default=out, help="run directory (checkpoints, config, history)")
     parser.add_argument("--no-resume", action="store_true", help="start over even if --out holds a run")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")

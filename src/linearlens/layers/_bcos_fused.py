@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -41,16 +42,27 @@ __all__ = ["available", "supports", "channel_squares", "scale_forward", "scale_b
 _SOURCE = r"""
 #include <math.h>
 #include <stdint.h>
+#include <string.h>
 
-#define KERNELS(T, SUF, FABS, POW)                                                                     \
-void channel_squares_##SUF(const T* x, T* out, int64_t rows, int64_t per_group, int64_t hw) {          \
+/* Storage type S, compute type T.  float32 and float64 compute in what they store; bfloat16 (its 16 bits
+   in a uint16_t) is widened to float32 on load and rounded to nearest-even once on store, as torch does. */
+#define ID(v) (v)
+static inline float ld_bf16(uint16_t h) { uint32_t u = (uint32_t)h << 16; float f; memcpy(&f, &u, 4); return f; }
+static inline uint16_t st_bf16(float f) {  /* branch-free, so that the loops calling it vectorise */
+    uint32_t u; memcpy(&u, &f, 4);
+    const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16, quiet_nan = (u >> 16) | 0x40u;
+    return (uint16_t)((u & 0x7fffffffu) > 0x7f800000u ? quiet_nan : rounded);
+}
+
+#define KERNELS(S, T, SUF, FABS, POW, LD, ST)                                                          \
+void channel_squares_##SUF(const S* restrict x, T* restrict out, int64_t rows, int64_t per_group, int64_t hw) {          \
     for (int64_t r = 0; r < rows; ++r) {                                                               \
-        const T* xr = x + r * per_group * hw;                                                          \
+        const S* xr = x + r * per_group * hw;                                                          \
         T* o = out + r * hw;                                                                           \
-        for (int64_t p = 0; p < hw; ++p) o[p] = xr[p] * xr[p];                                         \
+        for (int64_t p = 0; p < hw; ++p) { const T v = LD(xr[p]); o[p] = v * v; }                     \
         for (int64_t k = 1; k < per_group; ++k) {                                                      \
-            const T* xk = xr + k * hw;                                                                 \
-            for (int64_t p = 0; p < hw; ++p) o[p] += xk[p] * xk[p];                                    \
+            const S* xk = xr + k * hw;                                                                 \
+            for (int64_t p = 0; p < hw; ++p) { const T v = LD(xk[p]); o[p] += v * v; }                 \
         }                                                                                              \
     }                                                                                                  \
 }                                                                                                      \
@@ -61,164 +73,266 @@ static inline T factor_##SUF(T o, T m, int b_is_two, T bm1, T scale) {          
     f = POW(f, bm1);                                                                                   \
     return scale != (T)1 ? f * scale : f;                                                              \
 }                                                                                                      \
-void scale_forward_##SUF(const T* lin, const T* mult, T* y, T* o_out, uint8_t* win, int64_t n,        \
+/* dL/do = B t dL/dy, t the dynamic scale */                                                          \
+static inline T dlin_##SUF(T gy, T o, T m, int b_is_two, T bm1, T scale, T bb) {                       \
+    return bb * (gy * factor_##SUF(o, m, b_is_two, bm1, scale));                                        \
+}                                                                                                      \
+static inline __attribute__((always_inline)) void scale_forward_impl_##SUF(const S* lin, const T* restrict mult, S* y, S* restrict o_out, uint8_t* restrict win, int64_t n,        \
                          int64_t c, int64_t units, int64_t groups, int64_t hw, int64_t factor_only,   \
-                         double b, double scale) {                                                    \
-    const int b_is_two = b == 2.0; const T bm1 = (T)(b - 1.0), sc = (T)scale;                          \
+                         double b, double scale, const int b_is_two) {                                                    \
+    const T bm1 = (T)(b - 1.0), sc = (T)scale;                          \
     const int64_t per_group = c / groups;                                                              \
     for (int64_t i = 0; i < n; ++i) for (int64_t ch = 0; ch < c; ++ch) {                               \
         const T* m = mult + (i * groups + ch / per_group) * hw;                                        \
-        const T* base = lin + (i * c + ch) * units * hw;                                               \
-        T* yo = y + (i * c + ch) * hw;                                                                 \
+        const S* base = lin + (i * c + ch) * units * hw;                                               \
+        S* yo = y + (i * c + ch) * hw;                                                                 \
         if (units == 1) {                                                                              \
             for (int64_t p = 0; p < hw; ++p) {                                                         \
-                const T o = base[p];                                                                   \
+                const T o = LD(base[p]);                                                               \
                 const T f = factor_##SUF(o, m[p], b_is_two, bm1, sc);                                  \
-                yo[p] = factor_only ? f : f * o;                                                       \
+                yo[p] = ST(factor_only ? f : f * o);                                                   \
             }                                                                                          \
             continue;                                                                                  \
         }                                                                                              \
-        T* oo = o_out ? o_out + (i * c + ch) * hw : 0;                                                 \
+        S* oo = o_out ? o_out + (i * c + ch) * hw : 0;                                                 \
         uint8_t* w = win ? win + (i * c + ch) * units * hw : 0;                                        \
+        if (units == 2 && !factor_only && oo && w) {                                                   \
+            /* the common MaxOut of two units, branch-free so that it vectorises */                    \
+            for (int64_t p = 0; p < hw; ++p) {                                                         \
+                const T a = LD(base[p]), v = LD(base[hw + p]);                                         \
+                const T best = (v > a || v != v) ? v : a;                                              \
+                oo[p] = ST(best); w[p] = a == best; w[hw + p] = v == best;                             \
+                yo[p] = ST(factor_##SUF(best, m[p], b_is_two, bm1, sc) * best);                        \
+            }                                                                                          \
+            continue;                                                                                  \
+        }                                                                                              \
+        if (units == 2 && !factor_only && !oo && !w) {                                                 \
+            for (int64_t p = 0; p < hw; ++p) {                                                         \
+                const T a = LD(base[p]), v = LD(base[hw + p]);                                         \
+                const T best = (v > a || v != v) ? v : a;                                              \
+                yo[p] = ST(factor_##SUF(best, m[p], b_is_two, bm1, sc) * best);                        \
+            }                                                                                          \
+            continue;                                                                                  \
+        }                                                                                              \
         for (int64_t p = 0; p < hw; ++p) {                                                             \
-            T best = base[p];                                                                          \
+            T best = LD(base[p]);                                                                      \
             for (int64_t k = 1; k < units; ++k) {                                                      \
-                const T v = base[k * hw + p];                                                          \
+                const T v = LD(base[k * hw + p]);                                                      \
                 if (v > best || v != v) best = v;                                                      \
             }                                                                                          \
-            if (oo) oo[p] = best;                                                                      \
-            if (w) for (int64_t k = 0; k < units; ++k) w[k * hw + p] = base[k * hw + p] == best;       \
+            if (oo) oo[p] = ST(best);                                                                  \
+            if (w) for (int64_t k = 0; k < units; ++k) w[k * hw + p] = LD(base[k * hw + p]) == best;   \
             const T f = factor_##SUF(best, m[p], b_is_two, bm1, sc);                                   \
-            yo[p] = factor_only ? f : f * best;                                                        \
+            yo[p] = ST(factor_only ? f : f * best);                                                    \
         }                                                                                              \
     }                                                                                                  \
 }                                                                                                      \
-void scale_backward_##SUF(const T* g, const T* lin, const uint8_t* win, const T* mult, T* grad_full,  \
-                          T* sums, int64_t n, int64_t c, int64_t units, int64_t groups, int64_t hw,    \
-                          double b, double scale) {                                                    \
-    const int b_is_two = b == 2.0; const T bm1 = (T)(b - 1.0), sc = (T)scale, bb = (T)b;               \
+/* B = 2 (the paper's choice) as a compile-time constant: its loops are branch-free and vectorise */ \
+void scale_forward_##SUF(const S* lin, const T* restrict mult, S* y, S* restrict o_out, uint8_t* restrict win, int64_t n,        \
+                         int64_t c, int64_t units, int64_t groups, int64_t hw, int64_t factor_only,   \
+                         double b, double scale) { \
+    if (b == 2.0) scale_forward_impl_##SUF(lin, mult, y, o_out, win, n, c, units, groups, hw, factor_only, b, scale, 1); else scale_forward_impl_##SUF(lin, mult, y, o_out, win, n, c, units, groups, hw, factor_only, b, scale, 0); \
+} \
+static inline __attribute__((always_inline)) void scale_backward_impl_##SUF(const S* restrict g, const S* restrict lin, const uint8_t* restrict win,  \
+                          const T* restrict mult, S* restrict grad_full, T* restrict sums, int64_t n, int64_t c, int64_t units, int64_t groups, int64_t hw,    \
+                          double b, double scale, const int b_is_two) {                                                    \
+    const T bm1 = (T)(b - 1.0), sc = (T)scale, bb = (T)b;               \
     const int64_t per_group = c / groups;                                                              \
     for (int64_t r = 0; r < n * groups * hw; ++r) sums[r] = 0;                                         \
     for (int64_t i = 0; i < n; ++i) for (int64_t ch = 0; ch < c; ++ch) {                               \
         const int64_t grp = i * groups + ch / per_group;                                               \
         const T* m = mult + grp * hw;                                                                  \
         T* s = sums + grp * hw;                                                                        \
-        const T* go = g + (i * c + ch) * hw;                                                           \
-        const T* o = lin + (i * c + ch) * hw;                                                          \
-        T* gf = grad_full + (i * c + ch) * units * hw;                                                 \
+        const S* go = g + (i * c + ch) * hw;                                                           \
+        const S* o = lin + (i * c + ch) * hw;                                                          \
+        S* gf = grad_full + (i * c + ch) * units * hw;                                                 \
         if (units == 1) {                                                                              \
             for (int64_t p = 0; p < hw; ++p) {                                                         \
-                const T gl = bb * (go[p] * factor_##SUF(o[p], m[p], b_is_two, bm1, sc));               \
-                gf[p] = gl;                                                                            \
-                s[p] += gl * o[p];                                                                     \
+                const T op = LD(o[p]);                                                                 \
+                const T gl = bb * (LD(go[p]) * factor_##SUF(op, m[p], b_is_two, bm1, sc));             \
+                gf[p] = ST(gl);                                                                        \
+                s[p] += gl * op;                                                                       \
             }                                                                                          \
             continue;                                                                                  \
         }                                                                                              \
         const uint8_t* w = win + (i * c + ch) * units * hw;                                            \
+        if (units == 2) {                                                                              \
+            for (int64_t p = 0; p < hw; ++p) {                                                         \
+                const T op = LD(o[p]);                                                                 \
+                const T gl = dlin_##SUF(LD(go[p]), op, m[p], b_is_two, bm1, sc, bb);                   \
+                s[p] += gl * op;                                                                       \
+                const uint8_t wa = w[p], wb = w[hw + p];                                               \
+                const T share = (wa & wb) ? gl / (T)2 : gl;                                            \
+                gf[p] = ST(wa ? share : (T)0);                                                         \
+                gf[hw + p] = ST(wb ? share : (T)0);                                                    \
+            }                                                                                          \
+            continue;                                                                                  \
+        }                                                                                              \
         for (int64_t p = 0; p < hw; ++p) {                                                             \
-            const T gl = bb * (go[p] * factor_##SUF(o[p], m[p], b_is_two, bm1, sc));                   \
-            s[p] += gl * o[p];                                                                         \
+            const T op = LD(o[p]);                                                                     \
+            const T gl = bb * (LD(go[p]) * factor_##SUF(op, m[p], b_is_two, bm1, sc));                 \
+            s[p] += gl * op;                                                                           \
             int count = 0;                                                                             \
             for (int64_t k = 0; k < units; ++k) count += w[k * hw + p];                                \
             /* ties share the gradient, as autograd's amax does */                                     \
-            const T share = count > 1 ? gl / (T)count : gl;                                            \
-            for (int64_t k = 0; k < units; ++k) gf[k * hw + p] = w[k * hw + p] ? share : (T)0;         \
+            const S share = ST(count > 1 ? gl / (T)count : gl), zero = ST((T)0);                       \
+            for (int64_t k = 0; k < units; ++k) gf[k * hw + p] = w[k * hw + p] ? share : zero;         \
         }                                                                                              \
     }                                                                                                  \
 }                                                                                                      \
+/* B = 2 (the paper's choice) as a compile-time constant: its loops are branch-free and vectorise */ \
+void scale_backward_##SUF(const S* restrict g, const S* restrict lin, const uint8_t* restrict win,  \
+                          const T* restrict mult, S* restrict grad_full, T* restrict sums, int64_t n, int64_t c, int64_t units, int64_t groups, int64_t hw,    \
+                          double b, double scale) { \
+    if (b == 2.0) scale_backward_impl_##SUF(g, lin, win, mult, grad_full, sums, n, c, units, groups, hw, b, scale, 1); else scale_backward_impl_##SUF(g, lin, win, mult, grad_full, sums, n, c, units, groups, hw, b, scale, 0); \
+} \
 /* Channels-last (NHWC) variants: the channels of one position are contiguous, so the per-position       \
    sums run over a short contiguous row, in LANES independent partial sums (vectorisable without          \
    reassociating any one sum), and the per-position multiplier is read once per position. */             \
-static inline T row_squares_##SUF(const T* x, int64_t len) {                                           \
+static inline T row_squares_##SUF(const S* x, int64_t len) {                                           \
     T part[LANES] = {0}; int64_t k = 0;                                                                \
-    for (; k + LANES <= len; k += LANES) for (int j = 0; j < LANES; ++j) part[j] += x[k + j] * x[k + j]; \
+    for (; k + LANES <= len; k += LANES)                                                               \
+        for (int j = 0; j < LANES; ++j) { const T v = LD(x[k + j]); part[j] += v * v; }                \
     T s = 0; for (int j = 0; j < LANES; ++j) s += part[j];                                             \
-    for (; k < len; ++k) s += x[k] * x[k];                                                             \
+    for (; k < len; ++k) { const T v = LD(x[k]); s += v * v; }                                         \
     return s;                                                                                          \
 }                                                                                                      \
-void channel_squares_nhwc_##SUF(const T* x, T* out, int64_t n, int64_t groups, int64_t per_group,     \
+void channel_squares_nhwc_##SUF(const S* restrict x, T* restrict out, int64_t n, int64_t groups, int64_t per_group,     \
                                 int64_t hw) {                                                          \
     for (int64_t i = 0; i < n; ++i) for (int64_t p = 0; p < hw; ++p) {                                 \
-        const T* xp = x + (i * hw + p) * groups * per_group;                                           \
+        const S* xp = x + (i * hw + p) * groups * per_group;                                           \
         for (int64_t g = 0; g < groups; ++g)                                                           \
             out[(i * groups + g) * hw + p] = row_squares_##SUF(xp + g * per_group, per_group);          \
     }                                                                                                  \
 }                                                                                                      \
-void scale_forward_nhwc_##SUF(const T* lin, const T* mult, T* y, T* o_out, uint8_t* win, int64_t n,   \
+static inline __attribute__((always_inline)) void scale_forward_nhwc_impl_##SUF(const S* lin, const T* restrict mult, S* y, S* restrict o_out, uint8_t* restrict win, int64_t n,   \
                               int64_t c, int64_t units, int64_t groups, int64_t hw,                    \
-                              int64_t factor_only, double b, double scale) {                           \
-    const int b_is_two = b == 2.0; const T bm1 = (T)(b - 1.0), sc = (T)scale;                          \
+                              int64_t factor_only, double b, double scale, const int b_is_two) {                           \
+    const T bm1 = (T)(b - 1.0), sc = (T)scale;                          \
     const int64_t per_group = c / groups;                                                              \
     for (int64_t i = 0; i < n; ++i) for (int64_t p = 0; p < hw; ++p) {                                 \
         const int64_t pos = i * hw + p;                                                                \
-        const T* base = lin + pos * c * units;                                                         \
-        T* yo = y + pos * c;                                                                           \
+        const S* base = lin + pos * c * units;                                                         \
+        S* yo = y + pos * c;                                                                           \
         for (int64_t g = 0; g < groups; ++g) {                                                         \
             const T m = mult[(i * groups + g) * hw + p];                                               \
             const int64_t c0 = g * per_group, c1 = c0 + per_group;                                     \
             if (units == 1) {                                                                          \
                 for (int64_t ch = c0; ch < c1; ++ch) {                                                 \
-                    const T o = base[ch];                                                              \
+                    const T o = LD(base[ch]);                                                          \
                     const T f = factor_##SUF(o, m, b_is_two, bm1, sc);                                 \
-                    yo[ch] = factor_only ? f : f * o;                                                  \
+                    yo[ch] = ST(factor_only ? f : f * o);                                              \
+                }                                                                                      \
+                continue;                                                                              \
+            }                                                                                          \
+            if (units == 2 && o_out && win && !factor_only) {                                          \
+                /* the common MaxOut of two units, branch-free so that it vectorises */                \
+                for (int64_t ch = c0; ch < c1; ++ch) {                                                 \
+                    const T a = LD(base[2 * ch]), v = LD(base[2 * ch + 1]);                            \
+                    const T best = (v > a || v != v) ? v : a;                                          \
+                    o_out[pos * c + ch] = ST(best);                                                    \
+                    win[(pos * c + ch) * 2] = a == best;                                               \
+                    win[(pos * c + ch) * 2 + 1] = v == best;                                           \
+                    yo[ch] = ST(factor_##SUF(best, m, b_is_two, bm1, sc) * best);                      \
+                }                                                                                      \
+                continue;                                                                              \
+            }                                                                                          \
+            if (units == 2 && !o_out && !win && !factor_only) {                                        \
+                for (int64_t ch = c0; ch < c1; ++ch) {                                                 \
+                    const T a = LD(base[2 * ch]), v = LD(base[2 * ch + 1]);                            \
+                    const T best = (v > a || v != v) ? v : a;                                          \
+                    yo[ch] = ST(factor_##SUF(best, m, b_is_two, bm1, sc) * best);                      \
                 }                                                                                      \
                 continue;                                                                              \
             }                                                                                          \
             for (int64_t ch = c0; ch < c1; ++ch) {                                                     \
-                const T* u = base + ch * units;                                                        \
-                T best = u[0];                                                                         \
-                for (int64_t k = 1; k < units; ++k) if (u[k] > best || u[k] != u[k]) best = u[k];      \
-                if (o_out) o_out[pos * c + ch] = best;                                                 \
-                if (win) for (int64_t k = 0; k < units; ++k) win[(pos * c + ch) * units + k] = u[k] == best; \
+                const S* u = base + ch * units;                                                        \
+                T best = LD(u[0]);                                                                     \
+                for (int64_t k = 1; k < units; ++k) {                                                  \
+                    const T v = LD(u[k]);                                                              \
+                    if (v > best || v != v) best = v;                                                  \
+                }                                                                                      \
+                if (o_out) o_out[pos * c + ch] = ST(best);                                             \
+                if (win) for (int64_t k = 0; k < units; ++k)                                           \
+                    win[(pos * c + ch) * units + k] = LD(u[k]) == best;                                \
                 const T f = factor_##SUF(best, m, b_is_two, bm1, sc);                                  \
-                yo[ch] = factor_only ? f : f * best;                                                   \
+                yo[ch] = ST(factor_only ? f : f * best);                                               \
             }                                                                                          \
         }                                                                                              \
     }                                                                                                  \
 }                                                                                                      \
-void scale_backward_nhwc_##SUF(const T* g, const T* lin, const uint8_t* win, const T* mult,           \
-                               T* grad_full, T* sums, int64_t n, int64_t c, int64_t units,             \
-                               int64_t groups, int64_t hw, double b, double scale) {                   \
-    const int b_is_two = b == 2.0; const T bm1 = (T)(b - 1.0), sc = (T)scale, bb = (T)b;               \
+/* B = 2 (the paper's choice) as a compile-time constant: its loops are branch-free and vectorise */ \
+void scale_forward_nhwc_##SUF(const S* lin, const T* restrict mult, S* y, S* restrict o_out, uint8_t* restrict win, int64_t n,   \
+                              int64_t c, int64_t units, int64_t groups, int64_t hw,                    \
+                              int64_t factor_only, double b, double scale) { \
+    if (b == 2.0) scale_forward_nhwc_impl_##SUF(lin, mult, y, o_out, win, n, c, units, groups, hw, factor_only, b, scale, 1); else scale_forward_nhwc_impl_##SUF(lin, mult, y, o_out, win, n, c, units, groups, hw, factor_only, b, scale, 0); \
+} \
+static inline __attribute__((always_inline)) void scale_backward_nhwc_impl_##SUF(const S* restrict g, const S* restrict lin, const uint8_t* restrict win,  \
+                               const T* restrict mult, S* restrict grad_full, T* restrict sums,         \
+                               int64_t n, int64_t c, int64_t units, int64_t groups, int64_t hw,         \
+                               double b, double scale, const int b_is_two) {                                                \
+    const T bm1 = (T)(b - 1.0), sc = (T)scale, bb = (T)b;               \
     const int64_t per_group = c / groups;                                                              \
     for (int64_t i = 0; i < n; ++i) for (int64_t p = 0; p < hw; ++p) {                                 \
         const int64_t pos = i * hw + p;                                                                \
-        const T* go = g + pos * c;                                                                     \
-        const T* o = lin + pos * c;                                                                    \
-        T* gf = grad_full + pos * c * units;                                                           \
+        const S* go = g + pos * c;                                                                     \
+        const S* o = lin + pos * c;                                                                    \
+        S* gf = grad_full + pos * c * units;                                                           \
+        const uint8_t* w = win ? win + pos * c * units : 0;                                            \
         for (int64_t grp = 0; grp < groups; ++grp) {                                                   \
             const T m = mult[(i * groups + grp) * hw + p];                                             \
             const int64_t c0 = grp * per_group, c1 = c0 + per_group;                                   \
+            /* dL/do = B t dL/dy to the units (to the MaxOut winners; ties share it, as autograd's amax   \
+               does), then the channel sum of dL/do * o in a separate loop: each loop vectorises. */      \
+            if (units == 1) {                                                                          \
+                for (int64_t ch = c0; ch < c1; ++ch)                                                   \
+                    gf[ch] = ST(dlin_##SUF(LD(go[ch]), LD(o[ch]), m, b_is_two, bm1, sc, bb));          \
+            } else if (units == 2) {                                                                   \
+                for (int64_t ch = c0; ch < c1; ++ch) {                                                 \
+                    const T gl = dlin_##SUF(LD(go[ch]), LD(o[ch]), m, b_is_two, bm1, sc, bb);          \
+                    const uint8_t wa = w[2 * ch], wb = w[2 * ch + 1];                                  \
+                    const T share = (wa & wb) ? gl / (T)2 : gl;                                        \
+                    gf[2 * ch] = ST(wa ? share : (T)0);                                                \
+                    gf[2 * ch + 1] = ST(wb ? share : (T)0);                                            \
+                }                                                                                      \
+            } else {                                                                                   \
+                for (int64_t ch = c0; ch < c1; ++ch) {                                                 \
+                    const T gl = dlin_##SUF(LD(go[ch]), LD(o[ch]), m, b_is_two, bm1, sc, bb);          \
+                    int count = 0;                                                                     \
+                    for (int64_t k = 0; k < units; ++k) count += w[ch * units + k];                    \
+                    const T share = count > 1 ? gl / (T)count : gl;                                    \
+                    for (int64_t k = 0; k < units; ++k) gf[ch * units + k] = ST(w[ch * units + k] ? share : (T)0); \
+                }                                                                                      \
+            }                                                                                          \
             T part[LANES] = {0};                                                                       \
             int64_t ch = c0;                                                                           \
-            if (units == 1) {                                                                          \
-                for (; ch + LANES <= c1; ch += LANES) for (int j = 0; j < LANES; ++j) {                \
-                    const T gl = bb * (go[ch + j] * factor_##SUF(o[ch + j], m, b_is_two, bm1, sc));    \
-                    gf[ch + j] = gl;                                                                   \
-                    part[j] += gl * o[ch + j];                                                         \
-                }                                                                                      \
+            for (; ch + LANES <= c1; ch += LANES) for (int j = 0; j < LANES; ++j) {                    \
+                const T op = LD(o[ch + j]);                                                            \
+                part[j] += dlin_##SUF(LD(go[ch + j]), op, m, b_is_two, bm1, sc, bb) * op;              \
             }                                                                                          \
             T s = 0; for (int j = 0; j < LANES; ++j) s += part[j];                                     \
             for (; ch < c1; ++ch) {                                                                    \
-                const T gl = bb * (go[ch] * factor_##SUF(o[ch], m, b_is_two, bm1, sc));                \
-                s += gl * o[ch];                                                                       \
-                if (units == 1) { gf[ch] = gl; continue; }                                             \
-                const uint8_t* w = win + (pos * c + ch) * units;                                       \
-                int count = 0;                                                                         \
-                for (int64_t k = 0; k < units; ++k) count += w[k];                                     \
-                const T share = count > 1 ? gl / (T)count : gl;                                        \
-                for (int64_t k = 0; k < units; ++k) gf[ch * units + k] = w[k] ? share : (T)0;          \
+                const T op = LD(o[ch]);                                                                \
+                s += dlin_##SUF(LD(go[ch]), op, m, b_is_two, bm1, sc, bb) * op;                        \
             }                                                                                          \
             sums[(i * groups + grp) * hw + p] = s;                                                     \
         }                                                                                              \
     }                                                                                                  \
+}                                                                                                      \
+/* B = 2 (the paper's choice) as a compile-time constant: its loops are branch-free and vectorise */ \
+void scale_backward_nhwc_##SUF(const S* restrict g, const S* restrict lin, const uint8_t* restrict win,  \
+                               const T* restrict mult, S* restrict grad_full, T* restrict sums,         \
+                               int64_t n, int64_t c, int64_t units, int64_t groups, int64_t hw,         \
+                               double b, double scale) { \
+    if (b == 2.0) scale_backward_nhwc_impl_##SUF(g, lin, win, mult, grad_full, sums, n, c, units, groups, hw, b, scale, 1); else scale_backward_nhwc_impl_##SUF(g, lin, win, mult, grad_full, sums, n, c, units, groups, hw, b, scale, 0); \
 }
 
 #define LANES 16
-KERNELS(float, f32, fabsf, powf)
+KERNELS(float, float, f32, fabsf, powf, ID, ID)
+KERNELS(uint16_t, float, bf16, fabsf, powf, ld_bf16, st_bf16)
 #undef LANES
 #define LANES 8
-KERNELS(double, f64, fabs, pow)
+KERNELS(double, double, f64, fabs, pow, ID, ID)
 """
 
 _FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fno-fast-math", "-shared", "-fPIC"]
@@ -269,7 +383,7 @@ def _load() -> ctypes.CDLL | None:
             if compiler:
                 try:
                     lib = ctypes.CDLL(str(_build(compiler)))
-                    for suffix in ("f32", "f64"):
+                    for suffix in ("f32", "f64", "bf16"):
                         getattr(lib, f"channel_squares_{suffix}").argtypes = [_PTR, _PTR, _I64, _I64, _I64]
                         getattr(lib, f"channel_squares_nhwc_{suffix}").argtypes = [_PTR, _PTR] + [_I64] * 4
                         for layout in ("", "nhwc_"):
@@ -297,7 +411,7 @@ def unavailable_reason() -> str | None:
     return _STATE.get("error")  # type: ignore[return-value]
 
 
-_SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
+_SUFFIX = {torch.float32: "f32", torch.float64: "f64", torch.bfloat16: "bf16"}
 
 
 def channels_last(t: Tensor) -> bool:
@@ -314,16 +428,25 @@ def _format(nhwc: bool) -> torch.memory_format:
     return torch.channels_last if nhwc else torch.contiguous_format
 
 
-def supports(*tensors: Tensor) -> bool:
-    """True when every tensor is a dense (contiguous or channels-last) float32/float64 CPU tensor of one dtype
-    that autograd need not track, outside any torch.func transform, and the kernels are available."""
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the kernels compute in for tensors stored in ``dtype`` (float32 for bfloat16)."""
+    return torch.float32 if dtype == torch.bfloat16 else dtype
+
+
+def supports(*tensors: Tensor, compute: tuple[Tensor, ...] = ()) -> bool:
+    """True when every tensor is a dense (contiguous or channels-last) CPU tensor that autograd need not track,
+    ``tensors`` all of one float32, float64 or bfloat16 dtype and ``compute`` (the small per-position maps) of
+    the dtype the kernels compute in for it (:func:`compute_dtype`), outside any torch.func transform, and the
+    kernels are available."""
     first = tensors[0]
     grad = torch.is_grad_enabled()
+    high = compute_dtype(first.dtype)
     return (
         first.dtype in _SUFFIX
         and all(
-            t.device.type == "cpu" and t.dtype == first.dtype and _dense(t) and not (grad and t.requires_grad)
-            for t in tensors
+            t.device.type == "cpu" and t.dtype == dtype and _dense(t) and not (grad and t.requires_grad)
+            for group, dtype in ((tensors, first.dtype), (compute, high))
+            for t in group
         )
         and not torch._C._are_functorch_transforms_active()
         and available()
@@ -338,16 +461,58 @@ def _ptr(t: Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
+# Below this many elements per call a kernel runs on the calling thread: handing chunks to workers costs tens
+# of microseconds, which small (late, low-resolution) layers do not repay.
+_PARALLEL_MIN_ELEMENTS = 1 << 16
+_POOL: list[ThreadPoolExecutor] = []
+
+
+def _pool() -> ThreadPoolExecutor:
+    with _LOCK:
+        if not _POOL:
+            _POOL.append(ThreadPoolExecutor(max_workers=max(1, (os.cpu_count() or 2) - 1),
+                                            thread_name_prefix="linearlens-bcos"))
+        return _POOL[0]
+
+
+def _launch(kernel, n: int, buffers: list[tuple[Tensor | None, int]], *rest) -> None:
+    """Call ``kernel(*pointers, n, *rest)``, split over the batch into ``torch.get_num_threads()`` chunks.
+
+    ``buffers`` are the kernel's pointer arguments with their elements per batch item: every tensor the
+    kernels touch keeps the batch outermost in memory (NCHW, NHWC and the winner masks alike), so a chunk of
+    items is a pointer offset.  ctypes releases the GIL during a call, so the chunks run in parallel on the
+    cores torch was told to use; the calling thread takes the first.
+    """
+    threads = min(torch.get_num_threads(), n)
+    total = max((per * n for t, per in buffers if t is not None), default=0)
+    if threads < 2 or total < _PARALLEL_MIN_ELEMENTS:
+        kernel(*(_ptr(t) for t, _ in buffers), n, *rest)
+        return
+    bounds = [n * k // threads for k in range(threads + 1)]
+
+    def run(k: int) -> None:
+        start = bounds[k]
+        kernel(*(None if t is None else t.data_ptr() + start * per * t.element_size() for t, per in buffers),
+               bounds[k + 1] - start, *rest)
+
+    futures = [_pool().submit(run, k) for k in range(1, threads)]
+    run(0)
+    for future in futures:
+        future.result()
+
+
 def channel_squares(x: Tensor, groups: int) -> Tensor:
     """``sum_c x_c^2`` within each group of channels of ``x`` (N, C, H, W), contiguous or channels-last:
-    ``(N, groups, H, W)``, contiguous."""
+    ``(N, groups, H, W)``, contiguous, in the kernels' compute dtype (float32 for a bfloat16 ``x``)."""
     n, c, h, w = x.shape
-    out = x.new_empty(n, groups, h, w)
+    out = x.new_empty(n, groups, h, w, dtype=compute_dtype(x.dtype))
     if channels_last(x):
-        _fn("channel_squares", x.dtype, True)(x.data_ptr(), out.data_ptr(), n, groups, c // groups, h * w)
+        _launch(_fn("channel_squares", x.dtype, True), n, [(x, c * h * w), (out, groups * h * w)],
+                groups, c // groups, h * w)
     else:
-        x = x.contiguous()
-        _fn("channel_squares", x.dtype)(x.data_ptr(), out.data_ptr(), n * groups, c // groups, h * w)
+        x = x.contiguous()  # rows of (item, group)
+        _launch(_fn("channel_squares", x.dtype), n * groups, [(x, c // groups * h * w), (out, h * w)],
+                c // groups, h * w)
     return out
 
 
@@ -379,9 +544,11 @@ def scale_forward(
         # The mask's memory follows the units' order in ``linear``: (N, C, units, H, W) or (N, H, W, C, units).
         win = (torch.empty(n, h, w, c, units, dtype=torch.uint8).permute(0, 3, 4, 1, 2) if nhwc
                else torch.empty(n, c, units, h, w, dtype=torch.uint8))
-    _fn("scale_forward", linear.dtype, nhwc)(
-        linear.data_ptr(), multiplier.data_ptr(), y.data_ptr(), _ptr(o_out), _ptr(win), n, c, units, groups, h * w,
-        int(factor_only), float(b), float(scale),
+    hw = h * w
+    _launch(
+        _fn("scale_forward", linear.dtype, nhwc), n,
+        [(linear, cu * hw), (multiplier, groups * hw), (y, c * hw), (o_out, c * hw), (win, cu * hw)],
+        c, units, groups, hw, int(factor_only), float(b), float(scale),
     )
     return y, o_out, win
 
@@ -401,9 +568,12 @@ def scale_backward(
     linear = linear.contiguous(memory_format=_format(nhwc))
     multiplier = multiplier.contiguous()
     grad_full = torch.empty((n, c * units, h, w), dtype=grad_out.dtype, memory_format=_format(nhwc))
-    sums = grad_out.new_empty(n, groups, h, w)
-    _fn("scale_backward", grad_out.dtype, nhwc)(
-        grad_out.data_ptr(), linear.data_ptr(), _ptr(winners), multiplier.data_ptr(), grad_full.data_ptr(),
-        sums.data_ptr(), n, c, units, groups, h * w, float(b), float(scale),
+    sums = grad_out.new_empty(n, groups, h, w, dtype=compute_dtype(grad_out.dtype))
+    hw = h * w
+    _launch(
+        _fn("scale_backward", grad_out.dtype, nhwc), n,
+        [(grad_out, c * hw), (linear, c * hw), (winners, c * units * hw), (multiplier, groups * hw),
+         (grad_full, c * units * hw), (sums, groups * hw)],
+        c, units, groups, hw, float(b), float(scale),
     )
     return grad_full, sums

@@ -283,7 +283,7 @@ class BcosConv2d(_BcosUnit):
         Not differentiable (in-place operations / fused kernel): for frozen decisions, inference and
         :class:`_BcosConv2dLive`.
         """
-        if fused.supports(linear_out, multiplier):
+        if fused.supports(linear_out, compute=(multiplier,)):
             return fused.scale_forward(
                 linear_out, multiplier, 1, self.groups, self.b, self.scale, factor_only=True
             )[0]
@@ -319,11 +319,17 @@ class BcosConv2d(_BcosUnit):
         if self.b != 1 and live:
             if not (torch.is_grad_enabled() and (xp.requires_grad or w_hat.requires_grad)):
                 return self._live_inference(xp, w_hat, padding)
-            # Under autocast the convolution runs in the low-precision dtype while the saved inputs stay in
-            # theirs; the differentiable composition lets autocast and autograd keep the dtypes consistent.
-            mixed = torch.is_autocast_enabled(xp.device.type)
-            if not (mixed or torch._C._are_functorch_transforms_active()):
+            if torch._C._are_functorch_transforms_active():
+                return self._live_reference(xp, w_hat, padding)
+            if not torch.is_autocast_enabled(xp.device.type):
                 return _BcosConv2dLive.apply(xp, w_hat, self, padding)
+            if _fused_bfloat16_autocast(xp):
+                # bfloat16 autocast on the CPU: the whole layer in bfloat16 (the casts are differentiable, so
+                # the weight's gradient arrives in float32), norms and scales computed in float32.
+                with torch.autocast(xp.device.type, enabled=False):
+                    return _BcosConv2dLive.apply(xp.to(torch.bfloat16), w_hat.to(torch.bfloat16), self, padding)
+            # Other autocasts: the differentiable composition lets autocast and autograd keep the dtypes
+            # consistent (the convolution runs in the low-precision dtype, the saved inputs stay in theirs).
             return self._live_reference(xp, w_hat, padding)
         linear = F.conv2d(xp, w_hat, None, self.stride, padding, self.dilation, self.groups)
         if self.b == 1 and (live or self.max_out == 1):
@@ -374,7 +380,7 @@ class BcosConv2d(_BcosUnit):
         """Eq. (9) without autograd: MaxOut, scale and product in one fused pass (or in place, eagerly)."""
         linear = F.conv2d(xp, w_hat, None, self.stride, padding, self.dilation, self.groups)
         multiplier = self._multiplier(self.patch_norm(xp))
-        if fused.supports(linear, multiplier):
+        if fused.supports(linear, compute=(multiplier,)):
             out = linear if self.max_out == 1 else None
             return fused.scale_forward(linear, multiplier, self.max_out, self.groups, self.b, self.scale, out)[0]
         out = self._maxout(linear)
@@ -401,6 +407,18 @@ class BcosConv2d(_BcosUnit):
         if self.padding_mode != "zeros":
             s += f", padding_mode={self.padding_mode}"
         return s + super().extra_repr()
+
+
+def _fused_bfloat16_autocast(x: Tensor) -> bool:
+    """Whether a LIVE forward under autocast can run as :class:`_BcosConv2dLive` in bfloat16 with the fused
+    kernels: bfloat16 autocast on the CPU, a dense input, kernels available."""
+    return (
+        x.device.type == "cpu"
+        and torch.get_autocast_dtype("cpu") == torch.bfloat16
+        and x.dtype in (torch.float32, torch.bfloat16)
+        and (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last))
+        and fused.available()
+    )
 
 
 def _is_batched(t: Tensor) -> bool:
@@ -435,7 +453,7 @@ class _BcosConv2dLive(torch.autograd.Function):
         multiplier = layer._multiplier(norm)
         ctx.layer, ctx.padding, ctx.size = layer, padding, tuple(xp.shape[-2:])
         # The output itself is not saved, so that it may be modified in place (``out += identity``).
-        if fused.supports(linear, multiplier):
+        if fused.supports(linear, compute=(multiplier,)):
             y, best, winners = fused.scale_forward(
                 linear, multiplier, layer.max_out, layer.groups, layer.b, layer.scale, keep=True
             )
@@ -466,7 +484,7 @@ class _BcosConv2dLive(torch.autograd.Function):
             return (next(grads) if need_x else None), (next(grads) if need_w else None), None, None
         b, groups = layer.b, layer.groups
         per_group = None
-        if fused.supports(grad_out, linear, multiplier):
+        if fused.supports(grad_out, linear, compute=(multiplier,)):
             grad_full, per_group = fused.scale_backward(
                 grad_out, linear, winners, multiplier, layer.max_out, groups, b, layer.scale
             )
@@ -492,7 +510,8 @@ class _BcosConv2dLive(torch.autograd.Function):
                 product = grad_linear.mul_(linear)  # dL/do is not needed any more: its buffer is reused
                 per_group = product.sum(1, keepdim=True) if groups == 1 else product.unflatten(1, (groups, -1)).sum(2)
             per_group.mul_((1 - b) / b).div_(norm * norm).mul_(sums >= _tiny(sums))
-            spread_back = layer._patch_sums_transposed(per_group, ctx.size)
+            # In the dtype of x (bfloat16 under autocast): a mixed-dtype addcmul_ converts full-size tensors.
+            spread_back = layer._patch_sums_transposed(per_group, ctx.size).to(xp.dtype)
             if layer.groups == 1:
                 grad_x.addcmul_(xp, spread_back)
             else:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -21,12 +21,13 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DistributedSampler
 
+from .precision import PRECISIONS, autocast_for
+
 __all__ = [
     "DistributedContext", "resolve_device", "distributed", "shard_indices", "gather_rows", "all_reduce_sum",
     "autocast", "wrap_model", "run_sharded", "PRECISIONS",
 ]
 
-PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -129,12 +130,9 @@ def all_reduce_sum(value: float, ctx: DistributedContext) -> float:
 
 
 def autocast(ctx: DistributedContext, precision: str = "fp32"):
-    """Mixed precision for the forward pass: ``"bf16"`` autocasts to bfloat16 on the context's device."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if precision == "fp32":
-        return nullcontext()
-    return torch.autocast(device_type=ctx.device.type, dtype=torch.bfloat16)
+    """Mixed precision for the forward pass on the context's device (see :mod:`.precision`): ``"bf16"``
+    autocasts to bfloat16, ``"auto"`` does where the device computes bfloat16 natively."""
+    return autocast_for(ctx.device, precision)
 
 
 def wrap_model(model: nn.Module, ctx: DistributedContext) -> nn.Module:

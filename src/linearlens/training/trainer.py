@@ -46,6 +46,7 @@ from .distributed import (
     shard_indices,
     wrap_model,
 )
+from .precision import resolve_precision
 
 __all__ = ["TrainConfig", "train", "evaluate_accuracy", "bce_loss", "cosine_lr"]
 
@@ -251,6 +252,7 @@ def _train(config: TrainConfig, resume: bool, progress: bool, ctx: DistributedCo
             "run_dir": str(out),
             "world_size": ctx.world_size,
             "device": str(ctx.device),
+            "precision": resolve_precision(config.precision, ctx.device),
         }
     )
     metrics["model"] = model.eval()
