@@ -118,6 +118,7 @@ def test_bf16_autocast_trains_and_the_explanation_identity_holds_in_float32(tmp_
 
 def test_bf16_autocast_trains_b2(tmp_path, single_thread):
     metrics = _bf16_run(tmp_path, 2.0)
+    assert metrics["precision"] == "bf16"
     assert all(torch.isfinite(p).all() for p in metrics["model"].parameters())
 
 

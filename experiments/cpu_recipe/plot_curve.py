@@ -29,6 +29,7 @@ def main() -> int:
     for folder in args.results:
         log = json.loads((Path(folder) / "log.json").read_text())
         tag = f"w{log['model_args']['width']} m{log['model_args']['max_out']}"
+        tag += ", bf16 autocast" if log["args"].get("bf16") else ", float32"
         arms: dict[str, list[dict]] = {}
         for record in log["records"]:
             arms.setdefault(record["arm"], []).append(record)

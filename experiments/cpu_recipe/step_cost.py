@@ -61,8 +61,8 @@ def main() -> int:
         row["bcos_over_linearlens"] = round(row["bcos_ms_per_image"] / row["linearlens_ms_per_image"], 3)
         print(row, flush=True)
         rows.append(row)
-    print(json.dumps({"threads": args.threads, "clock": args.clock, "channels_last": args.channels_last, "bf16": args.bf16,
-                      "rows": rows}))
+    print(json.dumps({"threads": args.threads, "clock": args.clock, "channels_last": args.channels_last,
+                      "bf16": args.bf16, "rows": rows}))
     return 0
 
 

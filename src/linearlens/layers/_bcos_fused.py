@@ -13,11 +13,17 @@ each job in ONE pass over the full-size tensors:
   the channel sum of ``dL/do * o`` that the gradient through the patch norm needs.
 
 They are plain C (no PyTorch headers), compiled once with the system C compiler into a per-user cache
-(about a second) and called through :mod:`ctypes` on float32/float64 CPU tensors that are contiguous or
-channels-last (NHWC, where oneDNN convolves without reordering; each kernel has an NHWC variant whose
-per-position channel sums run over a contiguous row in independent partial sums).  Without a
-compiler, on other devices or dtypes, or with ``LINEARLENS_FUSED=0`` in the environment, the layer
-uses its eager implementation, which computes the same values.
+(about a second) and called through :mod:`ctypes` on CPU tensors that are contiguous or channels-last
+(NHWC, where oneDNN convolves without reordering; each kernel has an NHWC variant whose per-position
+channel sums run over a contiguous row in independent partial sums), stored as float32, float64 or
+bfloat16.  bfloat16 values (what the layer computes under CPU bfloat16 autocast) are widened to float32,
+computed in float32 and rounded to nearest-even once on store; the per-position maps (patch norms,
+multipliers, channel sums) stay float32.  B = 2 and the MaxOut of two units have branch-free loops of their
+own, which the compiler vectorises.  A call is split over the batch into ``torch.get_num_threads()``
+chunks run by a small worker pool (ctypes releases the GIL), so the kernels use the cores the convolutions
+do; every item is computed exactly as on one thread.  Without a compiler, on other devices or dtypes, or
+with ``LINEARLENS_FUSED=0`` in the environment, the layer uses its eager implementation, which computes
+the same values.
 """
 
 from __future__ import annotations
@@ -54,12 +60,23 @@ static inline uint16_t st_bf16(float f) {  /* branch-free, so that the loops cal
     return (uint16_t)((u & 0x7fffffffu) > 0x7f800000u ? quiet_nan : rounded);
 }
 
+/* Every kernel's parameters (pointers first, then the batch size, so that a chunk of the batch is a pointer
+   offset), and an always-inlined body taking B = 2 as a compile-time constant: its loops are branch-free. */
+#define INLINE static inline __attribute__((always_inline))
+#define FORWARD_PARAMS(S, T) const S* lin, const T* restrict mult, S* y, S* restrict o_out, uint8_t* restrict win, \
+    int64_t n, int64_t c, int64_t units, int64_t groups, int64_t hw, int64_t factor_only, double b, double scale
+#define FORWARD_ARGS lin, mult, y, o_out, win, n, c, units, groups, hw, factor_only, b, scale
+#define BACKWARD_PARAMS(S, T) const S* restrict g, const S* restrict lin, const uint8_t* restrict win, \
+    const T* restrict mult, S* restrict grad_full, T* restrict sums, int64_t n, int64_t c, int64_t units, \
+    int64_t groups, int64_t hw, double b, double scale
+#define BACKWARD_ARGS g, lin, win, mult, grad_full, sums, n, c, units, groups, hw, b, scale
+
 #define KERNELS(S, T, SUF, FABS, POW, LD, ST)                                                          \
-void channel_squares_##SUF(const S* restrict x, T* restrict out, int64_t rows, int64_t per_group, int64_t hw) {          \
+void channel_squares_##SUF(const S* restrict x, T* restrict out, int64_t rows, int64_t per_group, int64_t hw) { \
     for (int64_t r = 0; r < rows; ++r) {                                                               \
         const S* xr = x + r * per_group * hw;                                                          \
         T* o = out + r * hw;                                                                           \
-        for (int64_t p = 0; p < hw; ++p) { const T v = LD(xr[p]); o[p] = v * v; }                     \
+        for (int64_t p = 0; p < hw; ++p) { const T v = LD(xr[p]); o[p] = v * v; }                      \
         for (int64_t k = 1; k < per_group; ++k) {                                                      \
             const S* xk = xr + k * hw;                                                                 \
             for (int64_t p = 0; p < hw; ++p) { const T v = LD(xk[p]); o[p] += v * v; }                 \
@@ -73,14 +90,12 @@ static inline T factor_##SUF(T o, T m, int b_is_two, T bm1, T scale) {          
     f = POW(f, bm1);                                                                                   \
     return scale != (T)1 ? f * scale : f;                                                              \
 }                                                                                                      \
-/* dL/do = B t dL/dy, t the dynamic scale */                                                          \
+/* dL/do = B t dL/dy, t the dynamic scale */                                                           \
 static inline T dlin_##SUF(T gy, T o, T m, int b_is_two, T bm1, T scale, T bb) {                       \
-    return bb * (gy * factor_##SUF(o, m, b_is_two, bm1, scale));                                        \
+    return bb * (gy * factor_##SUF(o, m, b_is_two, bm1, scale));                                       \
 }                                                                                                      \
-static inline __attribute__((always_inline)) void scale_forward_impl_##SUF(const S* lin, const T* restrict mult, S* y, S* restrict o_out, uint8_t* restrict win, int64_t n,        \
-                         int64_t c, int64_t units, int64_t groups, int64_t hw, int64_t factor_only,   \
-                         double b, double scale, const int b_is_two) {                                                    \
-    const T bm1 = (T)(b - 1.0), sc = (T)scale;                          \
+INLINE void scale_forward_impl_##SUF(FORWARD_PARAMS(S, T), const int b_is_two) {                       \
+    const T bm1 = (T)(b - 1.0), sc = (T)scale;                                                         \
     const int64_t per_group = c / groups;                                                              \
     for (int64_t i = 0; i < n; ++i) for (int64_t ch = 0; ch < c; ++ch) {                               \
         const T* m = mult + (i * groups + ch / per_group) * hw;                                        \
@@ -127,16 +142,12 @@ static inline __attribute__((always_inline)) void scale_forward_impl_##SUF(const
         }                                                                                              \
     }                                                                                                  \
 }                                                                                                      \
-/* B = 2 (the paper's choice) as a compile-time constant: its loops are branch-free and vectorise */ \
-void scale_forward_##SUF(const S* lin, const T* restrict mult, S* y, S* restrict o_out, uint8_t* restrict win, int64_t n,        \
-                         int64_t c, int64_t units, int64_t groups, int64_t hw, int64_t factor_only,   \
-                         double b, double scale) { \
-    if (b == 2.0) scale_forward_impl_##SUF(lin, mult, y, o_out, win, n, c, units, groups, hw, factor_only, b, scale, 1); else scale_forward_impl_##SUF(lin, mult, y, o_out, win, n, c, units, groups, hw, factor_only, b, scale, 0); \
-} \
-static inline __attribute__((always_inline)) void scale_backward_impl_##SUF(const S* restrict g, const S* restrict lin, const uint8_t* restrict win,  \
-                          const T* restrict mult, S* restrict grad_full, T* restrict sums, int64_t n, int64_t c, int64_t units, int64_t groups, int64_t hw,    \
-                          double b, double scale, const int b_is_two) {                                                    \
-    const T bm1 = (T)(b - 1.0), sc = (T)scale, bb = (T)b;               \
+void scale_forward_##SUF(FORWARD_PARAMS(S, T)) {                                                       \
+    if (b == 2.0) scale_forward_impl_##SUF(FORWARD_ARGS, 1);                                           \
+    else scale_forward_impl_##SUF(FORWARD_ARGS, 0);                                                    \
+}                                                                                                      \
+INLINE void scale_backward_impl_##SUF(BACKWARD_PARAMS(S, T), const int b_is_two) {                     \
+    const T bm1 = (T)(b - 1.0), sc = (T)scale, bb = (T)b;                                              \
     const int64_t per_group = c / groups;                                                              \
     for (int64_t r = 0; r < n * groups * hw; ++r) sums[r] = 0;                                         \
     for (int64_t i = 0; i < n; ++i) for (int64_t ch = 0; ch < c; ++ch) {                               \
@@ -180,15 +191,13 @@ static inline __attribute__((always_inline)) void scale_backward_impl_##SUF(cons
         }                                                                                              \
     }                                                                                                  \
 }                                                                                                      \
-/* B = 2 (the paper's choice) as a compile-time constant: its loops are branch-free and vectorise */ \
-void scale_backward_##SUF(const S* restrict g, const S* restrict lin, const uint8_t* restrict win,  \
-                          const T* restrict mult, S* restrict grad_full, T* restrict sums, int64_t n, int64_t c, int64_t units, int64_t groups, int64_t hw,    \
-                          double b, double scale) { \
-    if (b == 2.0) scale_backward_impl_##SUF(g, lin, win, mult, grad_full, sums, n, c, units, groups, hw, b, scale, 1); else scale_backward_impl_##SUF(g, lin, win, mult, grad_full, sums, n, c, units, groups, hw, b, scale, 0); \
-} \
-/* Channels-last (NHWC) variants: the channels of one position are contiguous, so the per-position       \
-   sums run over a short contiguous row, in LANES independent partial sums (vectorisable without          \
-   reassociating any one sum), and the per-position multiplier is read once per position. */             \
+void scale_backward_##SUF(BACKWARD_PARAMS(S, T)) {                                                     \
+    if (b == 2.0) scale_backward_impl_##SUF(BACKWARD_ARGS, 1);                                         \
+    else scale_backward_impl_##SUF(BACKWARD_ARGS, 0);                                                  \
+}                                                                                                      \
+/* Channels-last (NHWC) variants: the channels of one position are contiguous, so the per-position     \
+   sums run over a short contiguous row, in LANES independent partial sums (vectorisable without       \
+   reassociating any one sum), and the per-position multiplier is read once per position. */           \
 static inline T row_squares_##SUF(const S* x, int64_t len) {                                           \
     T part[LANES] = {0}; int64_t k = 0;                                                                \
     for (; k + LANES <= len; k += LANES)                                                               \
@@ -197,18 +206,16 @@ static inline T row_squares_##SUF(const S* x, int64_t len) {                    
     for (; k < len; ++k) { const T v = LD(x[k]); s += v * v; }                                         \
     return s;                                                                                          \
 }                                                                                                      \
-void channel_squares_nhwc_##SUF(const S* restrict x, T* restrict out, int64_t n, int64_t groups, int64_t per_group,     \
+void channel_squares_nhwc_##SUF(const S* restrict x, T* restrict out, int64_t n, int64_t groups, int64_t per_group, \
                                 int64_t hw) {                                                          \
     for (int64_t i = 0; i < n; ++i) for (int64_t p = 0; p < hw; ++p) {                                 \
         const S* xp = x + (i * hw + p) * groups * per_group;                                           \
         for (int64_t g = 0; g < groups; ++g)                                                           \
-            out[(i * groups + g) * hw + p] = row_squares_##SUF(xp + g * per_group, per_group);          \
+            out[(i * groups + g) * hw + p] = row_squares_##SUF(xp + g * per_group, per_group);         \
     }                                                                                                  \
 }                                                                                                      \
-static inline __attribute__((always_inline)) void scale_forward_nhwc_impl_##SUF(const S* lin, const T* restrict mult, S* y, S* restrict o_out, uint8_t* restrict win, int64_t n,   \
-                              int64_t c, int64_t units, int64_t groups, int64_t hw,                    \
-                              int64_t factor_only, double b, double scale, const int b_is_two) {                           \
-    const T bm1 = (T)(b - 1.0), sc = (T)scale;                          \
+INLINE void scale_forward_nhwc_impl_##SUF(FORWARD_PARAMS(S, T), const int b_is_two) {                  \
+    const T bm1 = (T)(b - 1.0), sc = (T)scale;                                                         \
     const int64_t per_group = c / groups;                                                              \
     for (int64_t i = 0; i < n; ++i) for (int64_t p = 0; p < hw; ++p) {                                 \
         const int64_t pos = i * hw + p;                                                                \
@@ -261,17 +268,12 @@ static inline __attribute__((always_inline)) void scale_forward_nhwc_impl_##SUF(
         }                                                                                              \
     }                                                                                                  \
 }                                                                                                      \
-/* B = 2 (the paper's choice) as a compile-time constant: its loops are branch-free and vectorise */ \
-void scale_forward_nhwc_##SUF(const S* lin, const T* restrict mult, S* y, S* restrict o_out, uint8_t* restrict win, int64_t n,   \
-                              int64_t c, int64_t units, int64_t groups, int64_t hw,                    \
-                              int64_t factor_only, double b, double scale) { \
-    if (b == 2.0) scale_forward_nhwc_impl_##SUF(lin, mult, y, o_out, win, n, c, units, groups, hw, factor_only, b, scale, 1); else scale_forward_nhwc_impl_##SUF(lin, mult, y, o_out, win, n, c, units, groups, hw, factor_only, b, scale, 0); \
-} \
-static inline __attribute__((always_inline)) void scale_backward_nhwc_impl_##SUF(const S* restrict g, const S* restrict lin, const uint8_t* restrict win,  \
-                               const T* restrict mult, S* restrict grad_full, T* restrict sums,         \
-                               int64_t n, int64_t c, int64_t units, int64_t groups, int64_t hw,         \
-                               double b, double scale, const int b_is_two) {                                                \
-    const T bm1 = (T)(b - 1.0), sc = (T)scale, bb = (T)b;               \
+void scale_forward_nhwc_##SUF(FORWARD_PARAMS(S, T)) {                                                  \
+    if (b == 2.0) scale_forward_nhwc_impl_##SUF(FORWARD_ARGS, 1);                                      \
+    else scale_forward_nhwc_impl_##SUF(FORWARD_ARGS, 0);                                               \
+}                                                                                                      \
+INLINE void scale_backward_nhwc_impl_##SUF(BACKWARD_PARAMS(S, T), const int b_is_two) {                \
+    const T bm1 = (T)(b - 1.0), sc = (T)scale, bb = (T)b;                                              \
     const int64_t per_group = c / groups;                                                              \
     for (int64_t i = 0; i < n; ++i) for (int64_t p = 0; p < hw; ++p) {                                 \
         const int64_t pos = i * hw + p;                                                                \
@@ -282,8 +284,8 @@ static inline __attribute__((always_inline)) void scale_backward_nhwc_impl_##SUF
         for (int64_t grp = 0; grp < groups; ++grp) {                                                   \
             const T m = mult[(i * groups + grp) * hw + p];                                             \
             const int64_t c0 = grp * per_group, c1 = c0 + per_group;                                   \
-            /* dL/do = B t dL/dy to the units (to the MaxOut winners; ties share it, as autograd's amax   \
-               does), then the channel sum of dL/do * o in a separate loop: each loop vectorises. */      \
+            /* dL/do = B t dL/dy to the units (to the MaxOut winners; ties share it, as autograd's amax \
+               does), then the channel sum of dL/do * o in a separate loop: each loop vectorises. */   \
             if (units == 1) {                                                                          \
                 for (int64_t ch = c0; ch < c1; ++ch)                                                   \
                     gf[ch] = ST(dlin_##SUF(LD(go[ch]), LD(o[ch]), m, b_is_two, bm1, sc, bb));          \
@@ -319,13 +321,11 @@ static inline __attribute__((always_inline)) void scale_backward_nhwc_impl_##SUF
         }                                                                                              \
     }                                                                                                  \
 }                                                                                                      \
-/* B = 2 (the paper's choice) as a compile-time constant: its loops are branch-free and vectorise */ \
-void scale_backward_nhwc_##SUF(const S* restrict g, const S* restrict lin, const uint8_t* restrict win,  \
-                               const T* restrict mult, S* restrict grad_full, T* restrict sums,         \
-                               int64_t n, int64_t c, int64_t units, int64_t groups, int64_t hw,         \
-                               double b, double scale) { \
-    if (b == 2.0) scale_backward_nhwc_impl_##SUF(g, lin, win, mult, grad_full, sums, n, c, units, groups, hw, b, scale, 1); else scale_backward_nhwc_impl_##SUF(g, lin, win, mult, grad_full, sums, n, c, units, groups, hw, b, scale, 0); \
+void scale_backward_nhwc_##SUF(BACKWARD_PARAMS(S, T)) {                                                \
+    if (b == 2.0) scale_backward_nhwc_impl_##SUF(BACKWARD_ARGS, 1);                                    \
+    else scale_backward_nhwc_impl_##SUF(BACKWARD_ARGS, 0);                                             \
 }
+
 
 #define LANES 16
 KERNELS(float, float, f32, fabsf, powf, ID, ID)
@@ -577,3 +577,4 @@ def scale_backward(
         c, units, groups, hw, float(b), float(scale),
     )
     return grad_full, sums
+

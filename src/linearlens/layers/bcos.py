@@ -484,6 +484,8 @@ class _BcosConv2dLive(torch.autograd.Function):
             return (next(grads) if need_x else None), (next(grads) if need_w else None), None, None
         b, groups = layer.b, layer.groups
         per_group = None
+        if not (grad_out.is_contiguous() or grad_out.is_contiguous(memory_format=torch.channels_last)):
+            grad_out = grad_out.contiguous()  # e.g. the expanded ones of ``out.sum().backward()``
         if fused.supports(grad_out, linear, compute=(multiplier,)):
             grad_full, per_group = fused.scale_backward(
                 grad_out, linear, winners, multiplier, layer.max_out, groups, b, layer.scale
