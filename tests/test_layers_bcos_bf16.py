@@ -182,3 +182,30 @@ def test_kernels_split_over_threads_give_the_one_thread_result(monkeypatch, dtyp
     assert calls and all(c == 3 for c in calls)
     for a, b in zip(one, many):
         assert (a is None and b is None) or torch.equal(a, b)
+
+
+def test_a_forked_child_gets_its_own_worker_pool(monkeypatch):
+    """A fork inherits the pool object without its threads: the child must build a new pool, not wait on the
+    parent's (which would hang)."""
+    import os
+    import signal
+
+    monkeypatch.setattr(fused, "_PARALLEL_MIN_ELEMENTS", 0)
+    lin = torch.randn(4, 8, 5, 5)
+    mult = torch.rand(4, 1, 5, 5) + 0.1
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        expected = fused.scale_forward(lin, mult, 1, 1, 2.0, 1.0)[0]  # creates the parent's pool
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # child: compute with the kernels' pool, report, exit without running pytest's teardown
+            signal.alarm(20)
+            ok = torch.equal(fused.scale_forward(lin, mult, 1, 1, 2.0, 1.0)[0], expected)
+            os.write(write, b"1" if ok else b"0")
+            os._exit(0)
+        os.close(write)
+        _, status = os.waitpid(pid, 0)
+        assert os.read(read, 1) == b"1" and status == 0
+    finally:
+        torch.set_num_threads(previous)

@@ -464,15 +464,19 @@ def _ptr(t: Tensor | None) -> int | None:
 # Below this many elements per call a kernel runs on the calling thread: handing chunks to workers costs tens
 # of microseconds, which small (late, low-resolution) layers do not repay.
 _PARALLEL_MIN_ELEMENTS = 1 << 16
-_POOL: list[ThreadPoolExecutor] = []
+_POOL: dict[int, ThreadPoolExecutor] = {}
 
 
 def _pool() -> ThreadPoolExecutor:
+    """This process's worker pool (keyed by pid: a forked child inherits the pool object but not its threads,
+    and would wait forever on it)."""
+    pid = os.getpid()
     with _LOCK:
-        if not _POOL:
-            _POOL.append(ThreadPoolExecutor(max_workers=max(1, (os.cpu_count() or 2) - 1),
-                                            thread_name_prefix="linearlens-bcos"))
-        return _POOL[0]
+        if pid not in _POOL:
+            _POOL.clear()
+            _POOL[pid] = ThreadPoolExecutor(max_workers=max(1, (os.cpu_count() or 2) - 1),
+                                            thread_name_prefix="linearlens-bcos")
+        return _POOL[pid]
 
 
 def _launch(kernel, n: int, buffers: list[tuple[Tensor | None, int]], *rest) -> None:
