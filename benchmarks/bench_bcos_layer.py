@@ -132,11 +132,11 @@ class Eager(nn.Module):
         self.layer = layer
 
     def forward(self, x: Tensor) -> Tensor:
-        fused.supports = lambda *tensors: False
+        fused.supports = lambda *tensors, **kwargs: False
         try:
             out = self.layer(x)
             if out.requires_grad:  # the backward must run eagerly too (the caller restores the kernels)
-                out.register_hook(lambda g: setattr(fused, "supports", lambda *t: False))
+                out.register_hook(lambda g: setattr(fused, "supports", lambda *t, **kwargs: False))
             return out
         finally:
             fused.supports = FUSED_SUPPORTS
@@ -360,7 +360,7 @@ def explain_all_section(args: argparse.Namespace) -> dict:
             explain(model, x, "all")
 
         def eager(model=model, x=x) -> None:
-            fused.supports = lambda *tensors: False
+            fused.supports = lambda *tensors, **kwargs: False
             try:
                 explain(model, x, "all")
             finally:
