@@ -29,7 +29,6 @@ __all__ = [
 ]
 
 
-
 @dataclass(frozen=True)
 class DistributedContext:
     """Where this process stands: its rank among ``world_size`` processes and its device."""
