@@ -41,6 +41,7 @@ from torch import Tensor, nn
 
 from linearlens.layers import BcosConv2d
 from linearlens.layers import _bcos_fused as fused
+from linearlens.layers import _bcos_transposed as transposed
 from linearlens.models import create_model
 from linearlens.training import bce_loss
 
@@ -232,9 +233,12 @@ def print_table(title: str, table: dict) -> None:
 
 @contextlib.contextmanager
 def labelled_fused_kernels():
-    """Label every fused-kernel call with ``record_function`` so that the profiler sees it."""
-    names = ("channel_squares", "scale_forward", "scale_backward")
-    originals = {n: getattr(fused, n) for n in names}
+    """Label every full-size fused-kernel call with ``record_function`` so that the profiler sees it (the
+    transposing kernels of ``_bcos_transposed`` included; ``patch_norms`` works on the small maps only)."""
+    modules = {fused: ("channel_squares", "scale_forward", "scale_backward"),
+               transposed: ("squares_to_nhwc", "scale_forward_to_nchw", "scale_backward_from_nchw",
+                            "correct_to_nchw")}
+    originals = {(module, n): getattr(module, n) for module, names in modules.items() for n in names}
 
     def labelled(name, fn):
         def call(*args, **kwargs):
@@ -243,13 +247,13 @@ def labelled_fused_kernels():
 
         return call
 
-    for n in names:
-        setattr(fused, n, labelled(n, originals[n]))
+    for (module, n), fn in originals.items():
+        setattr(module, n, labelled(n, fn))
     try:
         yield
     finally:
-        for n, fn in originals.items():
-            setattr(fused, n, fn)
+        for (module, n), fn in originals.items():
+            setattr(module, n, fn)
 
 
 def count_passes(fn: Callable[[], None], full_numel: int) -> dict:

@@ -14,6 +14,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from helpers_threads import run_on_threads
 from linearlens.layers import BcosConv2d
 from linearlens.layers import _bcos_fused as fused
 
@@ -169,16 +170,7 @@ def test_kernels_split_over_threads_give_the_one_thread_result(monkeypatch, dtyp
                 fused.channel_squares(lin, groups))
 
     one = run()
-    calls = []
-    original = fused._launch
-    monkeypatch.setattr(fused, "_PARALLEL_MIN_ELEMENTS", 0)
-    monkeypatch.setattr(fused, "_launch", lambda *a, **k: calls.append(torch.get_num_threads()) or original(*a, **k))
-    previous = torch.get_num_threads()
-    torch.set_num_threads(3)
-    try:
-        many = run()
-    finally:
-        torch.set_num_threads(previous)
+    many, calls = run_on_threads(run, 3, monkeypatch)
     assert calls and all(c == 3 for c in calls)
     for a, b in zip(one, many):
         assert (a is None and b is None) or torch.equal(a, b)

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from ..engine.state import Mode, current_mode, decide
 from . import _bcos_fused as fused
+from . import _bcos_transposed as transposed
 
 __all__ = ["BcosConv2d", "BcosLinear", "LogitLayer"]
 
@@ -262,14 +263,31 @@ class BcosConv2d(_BcosUnit):
             spread[..., i * dh : i * dh + (oh - 1) * sh + 1 : sh, :] += rows
         return spread[..., ph : ph + height, pw : pw + width]
 
+    def _convolves_transposed(self, xp: Tensor) -> bool:
+        """Whether training should convolve the plain ``xp`` channels-last internally (see
+        :mod:`._bcos_transposed`; inference keeps the plain convolution, which measured as fast there)."""
+        _, _, (oh, ow) = self._window_geometry(*xp.shape[-2:])
+        return transposed.applies(xp, oh * ow, self.max_out, self.groups)
+
+    def _norm_maps(self, squares: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """From the channel squares: ``S = ||x_patch||^2`` (:meth:`_patch_sums`), ``d = sqrt(max(S, tiny))``
+        and :meth:`_multiplier` of ``d``; one fused call where the kernels take ``squares``."""
+        if squares.dtype in (torch.float32, torch.float64) and fused.supports(squares):
+            padding, _, size = self._window_geometry(*squares.shape[-2:])
+            return fused.patch_norms(
+                squares, size, self.kernel_size, self.stride, self.dilation, padding, self.b, self.scale
+            )
+        sums = self._patch_sums(squares)
+        norm = sums.clamp_min(_tiny(sums)).sqrt()
+        return sums, norm, self._multiplier(norm)
+
     def patch_norm(self, x: Tensor) -> Tensor:
         """``||x_patch||`` for every output position and group, shape ``(N, groups, H', W')``.
 
         ``x`` must already carry any non-zero padding (see :meth:`_padded`).  Squared sums are floored at the
         dtype's smallest normal number (see :func:`_tiny`), which only matters for an all-zero patch.
         """
-        sums = self._patch_sums(self._channel_squares(x))
-        return sums.clamp_min(_tiny(sums)).sqrt()
+        return self._norm_maps(self._channel_squares(x))[1]
 
     def _multiplier(self, norm: Tensor) -> Tensor:
         """The per-position part of the dynamic scale from ``norm = ||x_patch||`` (``(N, groups, H', W')``,
@@ -343,7 +361,7 @@ class BcosConv2d(_BcosUnit):
         return (units * decide(self._frozen_selection, linear, xp)).sum(2)
 
     def _frozen_factor(self, linear_out: Tensor, x_padded: Tensor) -> Tensor:
-        return self._dynamic_factor(linear_out, self._multiplier(self.patch_norm(x_padded)))
+        return self._dynamic_factor(linear_out, self._norm_maps(self._channel_squares(x_padded))[2])
 
     def _frozen_selection(self, linear_out: Tensor, x_padded: Tensor) -> Tensor:
         """Per unit, ``gamma |cos|^(B-1)`` for the MaxOut winner and 0 for the others, ``(N, C, max_out, H', W')``.
@@ -366,7 +384,7 @@ class BcosConv2d(_BcosUnit):
         if self.b == 1:
             factor = torch.full_like(best, self.scale)
         else:
-            factor = self._dynamic_factor(best.contiguous(), self._multiplier(self.patch_norm(x_padded)))
+            factor = self._dynamic_factor(best.contiguous(), self._norm_maps(self._channel_squares(x_padded))[2])
         selection = factor.new_empty(units.shape)
         if self.max_out == 2:
             torch.mul(factor, second_wins, out=selection[:, :, 1])
@@ -379,7 +397,7 @@ class BcosConv2d(_BcosUnit):
     def _live_inference(self, xp: Tensor, w_hat: Tensor, padding: tuple[int, int]) -> Tensor:
         """Eq. (9) without autograd: MaxOut, scale and product in one fused pass (or in place, eagerly)."""
         linear = F.conv2d(xp, w_hat, None, self.stride, padding, self.dilation, self.groups)
-        multiplier = self._multiplier(self.patch_norm(xp))
+        multiplier = self._norm_maps(self._channel_squares(xp))[2]
         if fused.supports(linear, compute=(multiplier,)):
             out = linear if self.max_out == 1 else None
             return fused.scale_forward(linear, multiplier, self.max_out, self.groups, self.b, self.scale, out)[0]
@@ -447,12 +465,21 @@ class _BcosConv2dLive(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, xp: Tensor, w_hat: Tensor, layer: BcosConv2d, padding: tuple[int, int]) -> Tensor:
-        linear = F.conv2d(xp, w_hat, None, layer.stride, padding, layer.dilation, layer.groups)
-        sums = layer._patch_sums(layer._channel_squares(xp))
-        norm = sums.clamp_min(_tiny(sums)).sqrt()
-        multiplier = layer._multiplier(norm)
+        ctx.transposed = layer._convolves_transposed(xp)
+        if ctx.transposed:
+            # The channels-last copy is not saved (the backward remakes it): saved activations stay one copy.
+            xt, squares = transposed.squares_to_nhwc(xp, layer.groups)
+            linear = F.conv2d(xt, w_hat, None, layer.stride, padding, layer.dilation, layer.groups)
+            del xt
+        else:
+            linear = F.conv2d(xp, w_hat, None, layer.stride, padding, layer.dilation, layer.groups)
+            squares = layer._channel_squares(xp)
+        sums, norm, multiplier = layer._norm_maps(squares)
         ctx.layer, ctx.padding, ctx.size = layer, padding, tuple(xp.shape[-2:])
         # The output itself is not saved, so that it may be modified in place (``out += identity``).
+        if ctx.transposed:
+            ctx.save_for_backward(xp, w_hat, None, linear, multiplier, sums, norm)
+            return transposed.scale_forward_to_nchw(linear, multiplier, layer.groups, layer.b, layer.scale)
         if fused.supports(linear, compute=(multiplier,)):
             y, best, winners = fused.scale_forward(
                 linear, multiplier, layer.max_out, layer.groups, layer.b, layer.scale, keep=True
@@ -486,6 +513,9 @@ class _BcosConv2dLive(torch.autograd.Function):
         per_group = None
         if not (grad_out.is_contiguous() or grad_out.is_contiguous(memory_format=torch.channels_last)):
             grad_out = grad_out.contiguous()  # e.g. the expanded ones of ``out.sum().backward()``
+        if (ctx.transposed and grad_out.dtype == torch.float32 and not fused.channels_last(grad_out)
+                and fused.supports(grad_out, compute=(multiplier,))):
+            return _transposed_backward(ctx, grad_out)
         if fused.supports(grad_out, linear, compute=(multiplier,)):
             grad_full, per_group = fused.scale_backward(
                 grad_out, linear, winners, multiplier, layer.max_out, groups, b, layer.scale
@@ -521,6 +551,28 @@ class _BcosConv2dLive(torch.autograd.Function):
                     xp.unflatten(1, (layer.groups, -1)), spread_back.unsqueeze(2)
                 )
         return grad_x, grad_w, None, None
+
+
+def _transposed_backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:
+    """The backward of :class:`_BcosConv2dLive` for a plain input convolved channels-last: the same formulas
+    as its general backward, each pass also changing the layout (:mod:`._bcos_transposed`)."""
+    layer, padding = ctx.layer, ctx.padding
+    xp, w_hat, _, linear, multiplier, sums, norm = ctx.saved_tensors
+    need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    b, groups = layer.b, layer.groups
+    grad_linear, per_group = transposed.scale_backward_from_nchw(
+        grad_out, linear, multiplier, groups, b, layer.scale
+    )
+    xt, _ = transposed.squares_to_nhwc(xp, groups)
+    grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
+        grad_linear, xt, w_hat, None, layer.stride, padding, layer.dilation, False, [0, 0], groups,
+        (need_x, need_w, False),
+    )
+    if need_x:
+        # As in the general backward: dL/dx = dL/dx|conv + x * adjoint_pool(dL/dd / d).
+        per_group.mul_((1 - b) / b).div_(norm * norm).mul_(sums >= _tiny(sums))
+        grad_x = transposed.correct_to_nchw(grad_x, xt, layer._patch_sums_transposed(per_group, ctx.size))
+    return grad_x, grad_w, None, None
 
 
 class LogitLayer(nn.Module):

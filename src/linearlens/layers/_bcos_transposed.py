@@ -1,0 +1,109 @@
+"""Training on a plain (NCHW) float32 input: the B-cos layer convolves it channels-last internally, the
+layout changes riding on passes the layer makes anyway (kernels: :mod:`._bcos_transposed_source`).
+
+oneDNN convolves a channels-last tensor as it is but reorders a plain one to its blocked layout and back.
+On this project's CPU (1 thread) a 64 -> 64 3x3 convolution of 32 x 32 maps took 0.72x as long forward on a
+channels-last tensor, and the convolution backward saves more; on maps of 8 x 8 positions or fewer the
+two are within a few percent or the plain one is faster.  A training step (forward and backward) of a
+B-cos layer on a plain input took 0.80-0.95x as long this way for the layer shapes of the CIFAR network
+(32 x 32 and 16 x 16 maps; ``docs/speed.md``, section 1), so :func:`applies` asks for at least
+:data:`MIN_POSITIONS` output positions.  Inference does not use it: the extra layout change of the input and
+the output written to a fresh buffer instead of in place cost about what the convolution saves (0.93-1.06x).
+Only float32, one group and no MaxOut take this path; everything else keeps the untransposed kernels.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from . import _bcos_fused as fused
+
+__all__ = ["available", "applies", "squares_to_nhwc", "scale_forward_to_nchw", "scale_backward_from_nchw",
+           "correct_to_nchw"]
+
+# Output positions from which convolving channels-last pays for itself (16 x 16; see the module docstring).
+MIN_POSITIONS = 256
+
+
+def available() -> bool:
+    """Whether the transposing kernels were compiled (they need AVX-512)."""
+    lib = fused._load()
+    return lib is not None and bool(lib.transposed_available())
+
+
+def applies(x: Tensor, out_positions: int, units: int, groups: int) -> bool:
+    """Whether a B-cos convolution of ``x`` (already padded) should convolve it channels-last internally."""
+    return (
+        x.dtype == torch.float32
+        and x.dim() == 4
+        and x.is_contiguous()
+        and units == 1
+        and groups == 1
+        and out_positions >= MIN_POSITIONS
+        and fused.supports(x)
+        and available()
+    )
+
+
+def _lib():
+    return fused._load()
+
+
+def squares_to_nhwc(x: Tensor, groups: int) -> tuple[Tensor, Tensor]:
+    """A channels-last copy of the plain ``x`` and its per-group channel squares ``(N, groups, H, W)`` (the
+    values of :func:`._bcos_fused.channel_squares`), in one read of ``x``."""
+    n, c, h, w = x.shape
+    xt = torch.empty_like(x, memory_format=torch.channels_last)
+    squares = x.new_empty(n, groups, h, w)
+    fused._launch(_lib().squares_to_nhwc_f32, n, [(x, c * h * w), (xt, c * h * w), (squares, groups * h * w)],
+                  c, groups, h * w)
+    return xt, squares
+
+
+def _nhwc(t: Tensor) -> Tensor:
+    return t.contiguous(memory_format=torch.channels_last)
+
+
+def scale_forward_to_nchw(linear: Tensor, multiplier: Tensor, groups: int, b: float, scale: float) -> Tensor:
+    """``y = f o`` (Eq. (11); ``f`` as in :func:`._bcos_fused.scale_forward`) in the plain layout, from the
+    channels-last convolution output ``o``."""
+    linear = _nhwc(linear)
+    multiplier = multiplier.contiguous()
+    n, c, h, w = linear.shape
+    y = linear.new_empty(n, c, h, w)
+    fused._launch(_lib().scale_forward_to_nchw_f32, n,
+                  [(linear, c * h * w), (multiplier, groups * h * w), (y, c * h * w)],
+                  c, groups, h * w, float(b), float(scale))
+    return y
+
+
+def scale_backward_from_nchw(
+    grad_out: Tensor, linear: Tensor, multiplier: Tensor, groups: int, b: float, scale: float
+) -> tuple[Tensor, Tensor]:
+    """``dL/do = B f dL/dy`` channels-last (for the channels-last convolution's backward) and, per group and
+    position, ``sum_c dL/do * o``, from the plain ``dL/dy`` and the channels-last ``o``."""
+    grad_out = grad_out.contiguous()
+    linear = _nhwc(linear)
+    multiplier = multiplier.contiguous()
+    n, c, h, w = grad_out.shape
+    grad_linear = torch.empty_like(linear, memory_format=torch.channels_last)
+    sums = grad_out.new_empty(n, groups, h, w)
+    fused._launch(_lib().scale_backward_from_nchw_f32, n,
+                  [(grad_out, c * h * w), (linear, c * h * w), (multiplier, groups * h * w),
+                   (grad_linear, c * h * w), (sums, groups * h * w)],
+                  c, groups, h * w, float(b), float(scale))
+    return grad_linear, sums
+
+
+def correct_to_nchw(grad_x: Tensor, xt: Tensor, spread: Tensor) -> Tensor:
+    """``dL/dx + x * spread`` in the plain layout, from the channels-last ``dL/dx`` and ``x``; ``spread``
+    ``(N, groups, H, W)`` is broadcast over each group's channels."""
+    grad_x, xt, spread = _nhwc(grad_x), _nhwc(xt), spread.contiguous()
+    n, c, h, w = grad_x.shape
+    groups = spread.shape[1]
+    out = grad_x.new_empty(n, c, h, w)
+    fused._launch(_lib().correct_to_nchw_f32, n,
+                  [(grad_x, c * h * w), (xt, c * h * w), (spread, groups * h * w), (out, c * h * w)],
+                  c, groups, h * w)
+    return out
