@@ -8,7 +8,12 @@ bfloat16), layout (NCHW, NHWC) and MaxOut units (1, 2):
 * ``forward``: ``scale_forward`` keeping what the backward needs (MaxOut winner, winning output, mask);
 * ``backward``: ``scale_backward``;
 * ``copy``: ``torch.Tensor.copy_`` of the convolution's output into a preallocated buffer, the cost of one
-  read and one write of it, as a yardstick.
+  read and one write of it, as a yardstick;
+
+and, in float32, the transposing kernels a training step on a plain (NCHW) input uses (``_bcos_transposed``;
+layout ``nchw<->nhwc``): ``squares`` = ``squares_to_nhwc`` (also writes the channels-last copy), ``forward`` =
+``scale_forward_to_nchw``, ``backward`` = ``scale_backward_from_nchw``, ``correct`` = ``correct_to_nchw`` (the
+untransposed layer does this step as an in-place ``addcmul_``).
 
 1 thread on the process CPU clock by default (``--threads 2 --clock wall`` shows the batch split over
 threads), freed memory kept (``mallopt``, see ``bench_bcos_layer.keep_freed_memory``), median of
@@ -32,6 +37,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_bcos_layer import keep_freed_memory  # noqa: E402  (same folder, run as a script)
 from linearlens.layers import _bcos_fused as fused  # noqa: E402
+
+try:  # an older checkout has no transposing kernels
+    from linearlens.layers import _bcos_transposed as transposed  # noqa: E402
+except ImportError:
+    transposed = None
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -61,6 +71,24 @@ def _cases(batch: int, channels: int, size: int):
                         g, o, w, m, u, 1, 2.0, 1.0),
                 }
                 yield {"dtype": dtype_name, "layout": layout, "units": units}, calls
+    if transposed is not None and transposed.available():
+        yield {"dtype": "float32", "layout": "nchw<->nhwc", "units": 1}, _transposing_calls(batch, channels, size)
+
+
+def _transposing_calls(batch: int, channels: int, size: int) -> dict:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, channels, size, size, generator=gen)
+    lin = torch.randn(batch, channels, size, size, generator=gen).contiguous(memory_format=torch.channels_last)
+    mult = torch.rand(batch, 1, size, size, generator=gen) + 0.1
+    spread = torch.randn(batch, 1, size, size, generator=gen)
+    buffer = torch.empty_like(x)
+    return {
+        "copy": lambda: buffer.copy_(x),
+        "squares": lambda: transposed.squares_to_nhwc(x, 1),
+        "forward": lambda: transposed.scale_forward_to_nchw(lin, mult, 1, 2.0, 1.0),
+        "backward": lambda: transposed.scale_backward_from_nchw(x, lin, mult, 1, 2.0, 1.0),
+        "correct": lambda: transposed.correct_to_nchw(lin, lin, spread),
+    }
 
 
 def main() -> int:

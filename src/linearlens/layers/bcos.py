@@ -458,9 +458,10 @@ class _BcosConv2dLive(torch.autograd.Function):
     product, the patch norm); here the forward after the convolution is one fused pass (MaxOut, scale,
     product; see :mod:`._bcos_fused`) and the backward one fused pass making ``dL/do`` and the channel
     sum of ``dL/do * o``, the convolution backward and one in-place correction of ``dL/dx``, with an
-    eager fallback of a few more passes.  The gradient is finite at an all-zero patch
-    (``B |o|^(B-1) = 0`` at ``o = 0``) for every B > 1.  A double backward (``create_graph=True``)
-    recomputes the differentiable composition instead.
+    eager fallback of a few more passes.  On a plain float32 input the convolution runs channels-last and
+    those passes also change the layout (:mod:`._bcos_transposed`, :func:`_transposed_backward`).  The
+    gradient is finite at an all-zero patch (``B |o|^(B-1) = 0`` at ``o = 0``) for every B > 1.  A double
+    backward (``create_graph=True``) recomputes the differentiable composition instead.
     """
 
     @staticmethod
