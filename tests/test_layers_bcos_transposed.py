@@ -197,3 +197,32 @@ def test_without_avx512_kernels_the_layer_trains_on_its_other_path(monkeypatch):
     layer(x).sum().backward()
     assert calls == [] and not transposed.applies(x.detach(), 256, 1, 1)
     torch.testing.assert_close(x.grad, want, rtol=1e-5, atol=1e-6 * want.abs().max().item())
+
+
+def test_nan_and_infinity_propagate_as_in_the_untransposed_kernels():
+    gen = torch.Generator().manual_seed(5)
+    shape = (2, 20, 9, 7)
+    x, grad_out = torch.randn(shape, generator=gen), torch.randn(shape, generator=gen)
+    linear = torch.randn(shape, generator=gen)
+    for t in (x, grad_out, linear):
+        flat = t.view(-1)
+        flat[torch.randint(0, flat.numel(), (12,), generator=gen)] = float("nan")
+        flat[torch.randint(0, flat.numel(), (6,), generator=gen)] = float("inf")
+        flat[torch.randint(0, flat.numel(), (6,), generator=gen)] = -float("inf")
+    multiplier = torch.rand(2, 1, 9, 7, generator=gen) + 0.1
+    lin_nhwc = linear.contiguous(memory_format=NHWC)
+
+    def same(a, b):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+
+    xt, squares = transposed.squares_to_nhwc(x, 1)
+    same(xt, x)
+    same(squares, fused.channel_squares(x, 1))
+    same(transposed.scale_forward_to_nchw(lin_nhwc, multiplier, 1, 2.0, 1.0),
+         fused.scale_forward(lin_nhwc, multiplier, 1, 1, 2.0, 1.0)[0])
+    grad_linear, sums = transposed.scale_backward_from_nchw(grad_out, lin_nhwc, multiplier, 1, 2.0, 1.0)
+    plain_grad, plain_sums = fused.scale_backward(grad_out, linear, None, multiplier, 1, 1, 2.0, 1.0)
+    same(grad_linear, plain_grad)
+    same(sums, plain_sums)
+    spread = torch.randn(2, 1, 9, 7, generator=gen)
+    same(transposed.correct_to_nchw(lin_nhwc, xt, spread), linear + x * spread)
