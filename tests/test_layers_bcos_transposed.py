@@ -130,9 +130,13 @@ def test_training_step_matches_float64_and_the_untransposed_path(monkeypatch, st
     assert calls == []
 
 
-@pytest.mark.parametrize("case", ["no_grad", "small_map", "groups", "max_out", "channels_last", "float64", "bf16"])
+@pytest.mark.parametrize(
+    "case", ["no_grad", "small_map", "groups", "max_out", "channels_last", "float64", "bf16", "1x1"]
+)
 def test_other_inputs_keep_the_untransposed_path(monkeypatch, case):
     layer = _layer(cin=8, cout=8, groups=2 if case == "groups" else 1, max_out=2 if case == "max_out" else 1)
+    if case == "1x1":
+        layer = BcosConv2d(8, 8, 1)
     x = torch.randn(2, 8, 8 if case == "small_map" else 16, 8 if case == "small_map" else 16)
     if case == "channels_last":
         x = x.contiguous(memory_format=NHWC)
@@ -195,7 +199,7 @@ def test_without_avx512_kernels_the_layer_trains_on_its_other_path(monkeypatch):
     calls = _spy(monkeypatch)
     torch.testing.assert_close(layer(x), y)
     layer(x).sum().backward()
-    assert calls == [] and not transposed.applies(x.detach(), 256, 1, 1)
+    assert calls == [] and not transposed.applies(x.detach(), 256, (3, 3), 1, 1)
     torch.testing.assert_close(x.grad, want, rtol=1e-5, atol=1e-6 * want.abs().max().item())
 
 

@@ -3,12 +3,14 @@ layout changes riding on passes the layer makes anyway (kernels: :mod:`._bcos_tr
 
 oneDNN convolves a channels-last tensor as it is but reorders a plain one to its blocked layout and back.
 On this project's CPU (1 thread) a 64 -> 64 3x3 convolution of 32 x 32 maps took 0.72x as long forward on a
-channels-last tensor, and the convolution backward saves more; on maps of 8 x 8 positions or fewer the
-two are within a few percent or the plain one is faster.  A training step (forward and backward) of a
-B-cos layer on a plain input took 0.80-0.95x as long this way for the layer shapes of the CIFAR network
-(32 x 32 and 16 x 16 maps; ``docs/speed.md``, section 1), so :func:`applies` asks for at least
-:data:`MIN_POSITIONS` output positions.  Inference does not use it: the extra layout change of the input and
-the output written to a fresh buffer instead of in place cost about what the convolution saves (0.93-1.06x).
+channels-last tensor, and the convolution backward saves more.  A training step (forward and backward) of
+a B-cos layer on a plain input took, this way, 0.80-0.98x as long as the untransposed path for 3x3, 5x5 and
+7x7 kernels on maps of 20 x 20 to 224 x 224 (6 to 256 channels), 0.92-1.05x on 16 x 16 maps (the worst with
+256 channels), and 1.29-1.32x for 1x1 kernels, whose plain convolution needs no reorder
+(``benchmarks/bench_bcos_transposed_shapes.py``, 1 thread, two runs, the 1x1 rows in the second).  So
+:func:`applies` asks for a kernel larger than 1x1 and at least :data:`MIN_POSITIONS` output positions.
+Inference does not use it: the extra layout change of the input and an output written to a fresh buffer
+instead of in place cost about what the convolution saves (0.90-1.23x for kernels larger than 1x1).
 Only float32, one group and no MaxOut take this path; everything else keeps the untransposed kernels.
 """
 
@@ -32,12 +34,13 @@ def available() -> bool:
     return lib is not None and bool(lib.transposed_available())
 
 
-def applies(x: Tensor, out_positions: int, units: int, groups: int) -> bool:
-    """Whether a B-cos convolution of ``x`` (already padded) should convolve it channels-last internally."""
+def applies(x: Tensor, out_positions: int, kernel_size: tuple[int, int], units: int, groups: int) -> bool:
+    """Whether training a B-cos convolution on ``x`` (already padded) should convolve it channels-last."""
     return (
         x.dtype == torch.float32
         and x.dim() == 4
         and x.is_contiguous()
+        and kernel_size[0] * kernel_size[1] > 1
         and units == 1
         and groups == 1
         and out_positions >= MIN_POSITIONS

@@ -267,7 +267,7 @@ class BcosConv2d(_BcosUnit):
         """Whether training should convolve the plain ``xp`` channels-last internally (see
         :mod:`._bcos_transposed`; inference keeps the plain convolution, which measured as fast there)."""
         _, _, (oh, ow) = self._window_geometry(*xp.shape[-2:])
-        return transposed.applies(xp, oh * ow, self.max_out, self.groups)
+        return transposed.applies(xp, oh * ow, self.kernel_size, self.max_out, self.groups)
 
     def _norm_maps(self, squares: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """From the channel squares: ``S = ||x_patch||^2`` (:meth:`_patch_sums`), ``d = sqrt(max(S, tiny))``
