@@ -42,13 +42,15 @@ def ordinary_store_build(folder: str) -> ctypes.CDLL:
     source.write_text(fused._SOURCE.replace(STREAMING, ""))
     target = Path(folder) / "ordinary_stores.so"
     compiler = os.environ.get("CC") or "cc"
-    subprocess.run([compiler, *fused._FLAGS, str(source), "-o", str(target), "-lm"], check=True)
+    flags = fused._STATE.get("flags", fused._FLAGS)  # as the library in use was built (OpenMP or not)
+    subprocess.run([compiler, *flags, str(source), "-o", str(target), "-lm"], check=True)
     lib, reference = ctypes.CDLL(str(target)), fused._load()
     for name in ("channel_squares", "channel_squares_nhwc", "scale_forward", "scale_forward_nhwc", "scale_backward",
                  "scale_backward_nhwc", "patch_norms", "squares_to_nhwc", "scale_forward_to_nchw",
                  "scale_backward_from_nchw", "correct_to_nchw"):
         getattr(lib, f"{name}_f32").argtypes = getattr(reference, f"{name}_f32").argtypes
     lib.transposed_available.restype = ctypes.c_int
+    lib.set_parallel_min.argtypes = [ctypes.c_int64]
     return lib
 
 

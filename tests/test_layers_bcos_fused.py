@@ -241,6 +241,28 @@ def test_failing_compiler_falls_back(monkeypatch, tmp_path):
     assert torch.isfinite(x.grad).all()
 
 
+def test_compiler_without_openmp_builds_the_pool_variant(monkeypatch, tmp_path):
+    """Where the OpenMP build fails the kernels are built without it and split the batch over the worker pool,
+    with the same results."""
+    lin = torch.randn(5, 8, 6, 6)
+    mult = torch.rand(5, 1, 6, 6) + 0.1
+    expected = fused.scale_forward(lin, mult, 1, 1, 2.0, 1.0)[0]
+    _reloaded(monkeypatch)
+    monkeypatch.setenv("LINEARLENS_CACHE", str(tmp_path))
+    monkeypatch.setattr(fused, "_OPENMP_FLAG", "-fno-such-option-linearlens")
+    monkeypatch.setattr(fused, "_torch_libgomp_loaded", lambda: True)
+    if not fused.available():
+        pytest.skip(f"no compiler here: {fused.unavailable_reason()}")
+    assert fused._STATE["openmp"] is False and "-fno-such-option-linearlens" not in fused._STATE["flags"]
+    monkeypatch.setattr(fused, "_PARALLEL_MIN_ELEMENTS", 0)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        assert torch.equal(fused.scale_forward(lin, mult, 1, 1, 2.0, 1.0)[0], expected)
+    finally:
+        torch.set_num_threads(previous)
+
+
 def test_kernels_are_built_once_into_the_cache(monkeypatch, tmp_path):
     """The shared library is compiled into LINEARLENS_CACHE once and reused (no compiler on the second load)."""
     _reloaded(monkeypatch)
@@ -367,3 +389,22 @@ def test_channels_last_explanations_equal_contiguous_ones():
     a = explain(net, x, "all", method="linear_rows")
     b = explain(net, x.contiguous(memory_format=CL), "all", method="linear_rows")
     torch.testing.assert_close(b.weights, a.weights, rtol=1e-11, atol=1e-13)
+
+
+@pytest.mark.skipif(not fused.available() or not fused._STATE.get("openmp"), reason="kernels built without OpenMP")
+def test_openmp_kernels_share_torchs_thread_team():
+    """Built with OpenMP, the kernels call the OpenMP runtime torch's CPU library calls (not a second one, which
+    would start a second team of threads competing with torch's) and run teams of torch's thread count."""
+    import ctypes
+    from pathlib import Path
+
+    torch_cpu = ctypes.CDLL(str(Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"))
+    entry = [ctypes.cast(lib.GOMP_parallel, ctypes.c_void_p).value for lib in (fused._load(), torch_cpu)]
+    assert entry[0] is not None and entry[0] == entry[1]
+    previous = torch.get_num_threads()
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            assert fused._load().openmp_team_size() == threads
+    finally:
+        torch.set_num_threads(previous)

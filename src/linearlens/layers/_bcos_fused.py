@@ -19,11 +19,13 @@ channel sums run over a contiguous row in independent partial sums), stored as f
 bfloat16.  bfloat16 values (what the layer computes under CPU bfloat16 autocast) are widened to float32,
 computed in float32 and rounded to nearest-even once on store; the per-position maps (patch norms,
 multipliers, channel sums) stay float32.  B = 2 and the MaxOut of two units have branch-free loops of their
-own, which the compiler vectorises.  A call is split over the batch into ``torch.get_num_threads()``
-chunks run by a small worker pool (ctypes releases the GIL), so the kernels use the cores the convolutions
-do; every item is computed exactly as on one thread.  Without a compiler, on other devices or dtypes, or
-with ``LINEARLENS_FUSED=0`` in the environment, the layer uses its eager implementation, which computes
-the same values.
+own, which the compiler vectorises.  A call runs its batch items on torch's own intra-op threads: where
+torch's libgomp is loaded the kernels are built with OpenMP and bind to that runtime (one team of threads for
+both, which are still spinning after the convolution and start at once); elsewhere, and in a forked child
+(libgomp's team does not survive a fork), the batch is split into ``torch.get_num_threads()`` chunks run by a
+small worker pool (ctypes releases the GIL). Every item is computed exactly as on one thread. Without a
+compiler, on other devices or dtypes, or with ``LINEARLENS_FUSED=0`` in the environment, the layer uses its
+eager implementation, which computes the same values.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ __all__ = ["available", "supports", "channel_squares", "patch_norms", "scale_for
 _SOURCE = _CORE_SOURCE + _PATCH_NORMS_SOURCE + _TRANSPOSED_SOURCE
 
 _FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fno-fast-math", "-shared", "-fPIC"]
+_OPENMP_FLAG = "-fopenmp"
 _LOCK = threading.Lock()
 _STATE: dict[str, object] = {}
 _I64, _F64, _PTR = ctypes.c_int64, ctypes.c_double, ctypes.c_void_p
@@ -73,8 +76,8 @@ def _cpu_key() -> str:
     return platform.processor() + platform.machine()
 
 
-def _build(compiler: str) -> Path:
-    key = hashlib.sha256("\0".join([_SOURCE, *_FLAGS, compiler, _cpu_key(), sys.platform]).encode()).hexdigest()
+def _build(compiler: str, flags: list[str]) -> Path:
+    key = hashlib.sha256("\0".join([_SOURCE, *flags, compiler, _cpu_key(), sys.platform]).encode()).hexdigest()
     target = _cache_dir() / f"bcos_fused_{key[:20]}.so"
     if target.is_file():
         return target
@@ -83,10 +86,46 @@ def _build(compiler: str) -> Path:
         src = Path(tmp) / "bcos_fused.c"
         src.write_text(_SOURCE)
         built = Path(tmp) / target.name
-        subprocess.run([compiler, *_FLAGS, str(src), "-o", str(built), "-lm"], check=True, capture_output=True,
+        subprocess.run([compiler, *flags, str(src), "-o", str(built), "-lm"], check=True, capture_output=True,
                        timeout=120)
         os.replace(built, target)  # atomic: concurrent builders each install a complete file
     return target
+
+
+def _torch_libgomp_loaded() -> bool:
+    """Whether torch runs its intra-op threads on a libgomp with the soname ``libgomp.so.1`` that is already
+    mapped into this process: a library built with ``-fopenmp`` then binds to that same runtime (the loader
+    reuses a loaded soname) and shares torch's threads instead of starting a second team that would compete
+    with them."""
+    if "OpenMP" not in torch.__config__.parallel_info():
+        return False
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return False
+    return any(line.endswith("/libgomp.so.1") for line in maps.splitlines())
+
+
+def _shares_torch_openmp(lib: ctypes.CDLL) -> bool:
+    """Whether ``lib``'s OpenMP entry point is the one torch's CPU library calls (the same runtime)."""
+    try:
+        torch_cpu = ctypes.CDLL(str(Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"))
+        ours, theirs = (ctypes.cast(handle.GOMP_parallel, ctypes.c_void_p).value for handle in (lib, torch_cpu))
+    except (OSError, AttributeError):
+        return False
+    return ours is not None and ours == theirs
+
+
+def _compiled(compiler: str) -> tuple[ctypes.CDLL, list[str]]:
+    """The kernels, built with OpenMP where torch's libgomp is loaded (else, or if that build fails, without)."""
+    variants = [_FLAGS + [_OPENMP_FLAG], _FLAGS] if _torch_libgomp_loaded() else [_FLAGS]
+    for k, flags in enumerate(variants):
+        try:
+            return ctypes.CDLL(str(_build(compiler, flags))), flags
+        except (OSError, subprocess.SubprocessError):
+            if k == len(variants) - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 def _load() -> ctypes.CDLL | None:
@@ -98,7 +137,13 @@ def _load() -> ctypes.CDLL | None:
             compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
             if compiler:
                 try:
-                    lib = ctypes.CDLL(str(_build(compiler)))
+                    lib, flags = _compiled(compiler)
+                    _STATE["flags"] = flags
+                    lib.set_parallel_min.argtypes = [_I64]
+                    lib.openmp_team_size.restype = ctypes.c_int
+                    # OpenMP only if it bound to torch's runtime; else its regions stay serial (see _launch).
+                    _STATE["openmp"] = _OPENMP_FLAG in flags and _shares_torch_openmp(lib)
+                    _STATE["pid"] = os.getpid()
                     for suffix in ("f32", "f64", "bf16"):
                         getattr(lib, f"channel_squares_{suffix}").argtypes = [_PTR, _PTR, _I64, _I64, _I64]
                         getattr(lib, f"channel_squares_nhwc_{suffix}").argtypes = [_PTR, _PTR] + [_I64] * 4
@@ -204,13 +249,26 @@ def _pool() -> ThreadPoolExecutor:
 
 
 def _launch(kernel, n: int, buffers: list[tuple[Tensor | None, int]], *rest) -> None:
-    """Call ``kernel(*pointers, n, *rest)``, split over the batch into ``torch.get_num_threads()`` chunks.
+    """Call ``kernel(*pointers, n, *rest)``, split over the batch on torch's threads.
 
-    ``buffers`` are the kernel's pointer arguments with their elements per batch item: every tensor the
-    kernels touch keeps the batch outermost in memory (NCHW, NHWC and the winner masks alike), so a chunk of
-    items is a pointer offset.  ctypes releases the GIL during a call, so the chunks run in parallel on the
-    cores torch was told to use; the calling thread takes the first.
+    Built with OpenMP (:func:`_torch_libgomp_loaded`), a kernel splits its loop over the batch itself, on the
+    intra-op threads torch's own operations use (they are still spinning after the convolution before, so
+    they start at once).  Otherwise the call is split into ``torch.get_num_threads()`` chunks run by a small
+    worker pool: ``buffers`` are the kernel's pointer arguments with their elements per batch item; every
+    tensor the kernels touch keeps the batch outermost in memory (NCHW, NHWC and the winner masks alike), so
+    a chunk of items is a pointer offset, and ctypes releases the GIL during a call.  Either way every item
+    is computed exactly as on one thread.
     """
+    # libgomp's team does not survive a fork (a forked child waits forever on the parent's threads, as torch's
+    # own operations do there): a forked child switches the kernels' OpenMP off and takes the worker pool.
+    openmp = bool(_STATE.get("openmp")) and _STATE.get("pid") == os.getpid()
+    parallel_min = _PARALLEL_MIN_ELEMENTS if openmp else 1 << 62
+    if _OPENMP_FLAG in _STATE.get("flags", ()) and _STATE.get("parallel_min") != (os.getpid(), parallel_min):  # type: ignore[operator]
+        _load().set_parallel_min(parallel_min)  # type: ignore[union-attr]
+        _STATE["parallel_min"] = (os.getpid(), parallel_min)
+    if openmp:
+        kernel(*(_ptr(t) for t, _ in buffers), n, *rest)
+        return
     threads = min(torch.get_num_threads(), n)
     total = max((per * n for t, per in buffers if t is not None), default=0)
     if threads < 2 or total < _PARALLEL_MIN_ELEMENTS:

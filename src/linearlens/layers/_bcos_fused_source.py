@@ -6,6 +6,26 @@ SOURCE = r"""
 #include <stdint.h>
 #include <string.h>
 
+/* Threads: with OpenMP (built with -fopenmp only where torch's own libgomp is loaded, so that both share one
+   runtime and one team of threads), an exported kernel runs its batch items on torch's intra-op threads when
+   its full-size tensors hold at least parallel_min elements.  Each item goes to the always-inlined body with
+   B = 2 as a compile-time constant (the outlined parallel region would otherwise see it as a variable and
+   the loops would not vectorise), and is computed exactly as on one thread. */
+static int64_t parallel_min = 65536;
+void set_parallel_min(int64_t elements) { parallel_min = elements; }
+#ifdef _OPENMP
+#include <omp.h>
+#define PARALLEL _Pragma("omp parallel for schedule(static) if(parallel_)")
+int openmp_team_size(void) {
+    int size = 1;
+    _Pragma("omp parallel") { _Pragma("omp single") size = omp_get_num_threads(); }
+    return size;
+}
+#else
+#define PARALLEL
+int openmp_team_size(void) { return 0; }
+#endif
+
 /* Storage type S, compute type T.  float32 and float64 compute in what they store; bfloat16 (its 16 bits
    in a uint16_t) is widened to float32 on load and rounded to nearest-even once on store, as torch does. */
 #define ID(v) (v)
@@ -27,17 +47,41 @@ static inline uint16_t st_bf16(float f) {  /* branch-free, so that the loops cal
     int64_t groups, int64_t hw, double b, double scale
 #define BACKWARD_ARGS g, lin, win, mult, grad_full, sums, n, c, units, groups, hw, b, scale
 
+/* An exported kernel: its batch items, each through IMPL with B = 2 or not as a compile-time constant. */
+#define PER_ITEM_FORWARD(IMPL)                                                                         \
+    const int parallel_ = n * c * units * hw >= parallel_min;                                          \
+    (void)parallel_;                                                                                   \
+    PARALLEL for (int64_t i = 0; i < n; ++i) {                                                         \
+        const int64_t full = c * units * hw, out = c * hw;                                             \
+        if (b == 2.0) IMPL(lin + i * full, mult + i * groups * hw, y + i * out, o_out ? o_out + i * out : 0, \
+                           win ? win + i * full : 0, 1, c, units, groups, hw, factor_only, b, scale, 1);  \
+        else IMPL(lin + i * full, mult + i * groups * hw, y + i * out, o_out ? o_out + i * out : 0,       \
+                  win ? win + i * full : 0, 1, c, units, groups, hw, factor_only, b, scale, 0);           \
+    }
+#define PER_ITEM_BACKWARD(IMPL)                                                                        \
+    const int parallel_ = n * c * units * hw >= parallel_min;                                          \
+    (void)parallel_;                                                                                   \
+    PARALLEL for (int64_t i = 0; i < n; ++i) {                                                         \
+        const int64_t full = c * units * hw, out = c * hw;                                             \
+        if (b == 2.0) IMPL(g + i * out, lin + i * out, win ? win + i * full : 0, mult + i * groups * hw,  \
+                           grad_full + i * full, sums + i * groups * hw, 1, c, units, groups, hw, b, scale, 1); \
+        else IMPL(g + i * out, lin + i * out, win ? win + i * full : 0, mult + i * groups * hw,           \
+                  grad_full + i * full, sums + i * groups * hw, 1, c, units, groups, hw, b, scale, 0);    \
+    }
+
 #define KERNELS(S, T, SUF, FABS, POW, LD, ST)                                                          \
-void channel_squares_##SUF(const S* restrict x, T* restrict out, int64_t rows, int64_t per_group, int64_t hw) { \
-    for (int64_t r = 0; r < rows; ++r) {                                                               \
-        const S* xr = x + r * per_group * hw;                                                          \
-        T* o = out + r * hw;                                                                           \
-        for (int64_t p = 0; p < hw; ++p) { const T v = LD(xr[p]); o[p] = v * v; }                      \
-        for (int64_t k = 1; k < per_group; ++k) {                                                      \
-            const S* xk = xr + k * hw;                                                                 \
-            for (int64_t p = 0; p < hw; ++p) { const T v = LD(xk[p]); o[p] += v * v; }                 \
-        }                                                                                              \
+INLINE void channel_squares_row_##SUF(const S* restrict xr, T* restrict o, int64_t per_group, int64_t hw) { \
+    for (int64_t p = 0; p < hw; ++p) { const T v = LD(xr[p]); o[p] = v * v; }                          \
+    for (int64_t k = 1; k < per_group; ++k) {                                                          \
+        const S* xk = xr + k * hw;                                                                     \
+        for (int64_t p = 0; p < hw; ++p) { const T v = LD(xk[p]); o[p] += v * v; }                     \
     }                                                                                                  \
+}                                                                                                      \
+void channel_squares_##SUF(const S* restrict x, T* restrict out, int64_t rows, int64_t per_group, int64_t hw) { \
+    const int parallel_ = rows * per_group * hw >= parallel_min;                                       \
+    (void)parallel_;                                                                                   \
+    PARALLEL for (int64_t r = 0; r < rows; ++r)                                                        \
+        channel_squares_row_##SUF(x + r * per_group * hw, out + r * hw, per_group, hw);                \
 }                                                                                                      \
 /* f = |o| m (B = 2, m = gamma / d) or scale (|o| m)^(B-1) (m = 1 / d); y = f o. */                    \
 static inline T factor_##SUF(T o, T m, int b_is_two, T bm1, T scale) {                                 \
@@ -98,10 +142,7 @@ INLINE void scale_forward_impl_##SUF(FORWARD_PARAMS(S, T), const int b_is_two) {
         }                                                                                              \
     }                                                                                                  \
 }                                                                                                      \
-void scale_forward_##SUF(FORWARD_PARAMS(S, T)) {                                                       \
-    if (b == 2.0) scale_forward_impl_##SUF(FORWARD_ARGS, 1);                                           \
-    else scale_forward_impl_##SUF(FORWARD_ARGS, 0);                                                    \
-}                                                                                                      \
+void scale_forward_##SUF(FORWARD_PARAMS(S, T)) { PER_ITEM_FORWARD(scale_forward_impl_##SUF) }          \
 INLINE void scale_backward_impl_##SUF(BACKWARD_PARAMS(S, T), const int b_is_two) {                     \
     const T bm1 = (T)(b - 1.0), sc = (T)scale, bb = (T)b;                                              \
     const int64_t per_group = c / groups;                                                              \
@@ -147,10 +188,7 @@ INLINE void scale_backward_impl_##SUF(BACKWARD_PARAMS(S, T), const int b_is_two)
         }                                                                                              \
     }                                                                                                  \
 }                                                                                                      \
-void scale_backward_##SUF(BACKWARD_PARAMS(S, T)) {                                                     \
-    if (b == 2.0) scale_backward_impl_##SUF(BACKWARD_ARGS, 1);                                         \
-    else scale_backward_impl_##SUF(BACKWARD_ARGS, 0);                                                  \
-}                                                                                                      \
+void scale_backward_##SUF(BACKWARD_PARAMS(S, T)) { PER_ITEM_BACKWARD(scale_backward_impl_##SUF) }      \
 /* Channels-last (NHWC) variants: the channels of one position are contiguous, so the per-position     \
    sums run over a short contiguous row, in LANES independent partial sums (vectorisable without       \
    reassociating any one sum), and the per-position multiplier is read once per position. */           \
@@ -162,13 +200,20 @@ static inline T row_squares_##SUF(const S* x, int64_t len) {                    
     for (; k < len; ++k) { const T v = LD(x[k]); s += v * v; }                                         \
     return s;                                                                                          \
 }                                                                                                      \
+INLINE void channel_squares_nhwc_item_##SUF(const S* restrict x, T* restrict out, int64_t groups, int64_t per_group, \
+                                            int64_t hw) {                                              \
+    for (int64_t p = 0; p < hw; ++p) {                                                                 \
+        const S* xp = x + p * groups * per_group;                                                      \
+        for (int64_t g = 0; g < groups; ++g) out[g * hw + p] = row_squares_##SUF(xp + g * per_group, per_group); \
+    }                                                                                                  \
+}                                                                                                      \
 void channel_squares_nhwc_##SUF(const S* restrict x, T* restrict out, int64_t n, int64_t groups, int64_t per_group, \
                                 int64_t hw) {                                                          \
-    for (int64_t i = 0; i < n; ++i) for (int64_t p = 0; p < hw; ++p) {                                 \
-        const S* xp = x + (i * hw + p) * groups * per_group;                                           \
-        for (int64_t g = 0; g < groups; ++g)                                                           \
-            out[(i * groups + g) * hw + p] = row_squares_##SUF(xp + g * per_group, per_group);         \
-    }                                                                                                  \
+    const int parallel_ = n * groups * per_group * hw >= parallel_min;                                 \
+    (void)parallel_;                                                                                   \
+    PARALLEL for (int64_t i = 0; i < n; ++i)                                                           \
+        channel_squares_nhwc_item_##SUF(x + i * groups * per_group * hw, out + i * groups * hw, groups,     \
+                                        per_group, hw);                                                \
 }                                                                                                      \
 INLINE void scale_forward_nhwc_impl_##SUF(FORWARD_PARAMS(S, T), const int b_is_two) {                  \
     const T bm1 = (T)(b - 1.0), sc = (T)scale;                                                         \
@@ -224,10 +269,7 @@ INLINE void scale_forward_nhwc_impl_##SUF(FORWARD_PARAMS(S, T), const int b_is_t
         }                                                                                              \
     }                                                                                                  \
 }                                                                                                      \
-void scale_forward_nhwc_##SUF(FORWARD_PARAMS(S, T)) {                                                  \
-    if (b == 2.0) scale_forward_nhwc_impl_##SUF(FORWARD_ARGS, 1);                                      \
-    else scale_forward_nhwc_impl_##SUF(FORWARD_ARGS, 0);                                               \
-}                                                                                                      \
+void scale_forward_nhwc_##SUF(FORWARD_PARAMS(S, T)) { PER_ITEM_FORWARD(scale_forward_nhwc_impl_##SUF) } \
 INLINE void scale_backward_nhwc_impl_##SUF(BACKWARD_PARAMS(S, T), const int b_is_two) {                \
     const T bm1 = (T)(b - 1.0), sc = (T)scale, bb = (T)b;                                              \
     const int64_t per_group = c / groups;                                                              \
@@ -277,10 +319,7 @@ INLINE void scale_backward_nhwc_impl_##SUF(BACKWARD_PARAMS(S, T), const int b_is
         }                                                                                              \
     }                                                                                                  \
 }                                                                                                      \
-void scale_backward_nhwc_##SUF(BACKWARD_PARAMS(S, T)) {                                                \
-    if (b == 2.0) scale_backward_nhwc_impl_##SUF(BACKWARD_ARGS, 1);                                    \
-    else scale_backward_nhwc_impl_##SUF(BACKWARD_ARGS, 0);                                             \
-}
+void scale_backward_nhwc_##SUF(BACKWARD_PARAMS(S, T)) { PER_ITEM_BACKWARD(scale_backward_nhwc_impl_##SUF) }
 
 
 #define LANES 16

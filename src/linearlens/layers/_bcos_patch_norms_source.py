@@ -16,7 +16,8 @@ void patch_norms_##SUF(const T* restrict sq, T* restrict sums, T* restrict norm,
                        int64_t sh, int64_t sw, int64_t dh, int64_t dw, int64_t ph, int64_t pw,         \
                        double tiny, double scale, int64_t b_is_two) {                                  \
     const T floor_ = (T)tiny, gamma = (T)scale;                                                        \
-    for (int64_t r = 0; r < rows; ++r) {                                                               \
+    const int parallel_ = rows * oh * ow * kh * kw >= parallel_min;                                    \
+    PARALLEL for (int64_t r = 0; r < rows; ++r) {                                                      \
         const T* s = sq + r * h * w;                                                                   \
         const int64_t out0 = r * oh * ow;                                                              \
         for (int64_t oy = 0; oy < oh; ++oy) for (int64_t ox = 0; ox < ow; ++ox) {                      \

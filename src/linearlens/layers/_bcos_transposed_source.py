@@ -82,32 +82,35 @@ static inline __m512 factor16(__m512 o, __m512 m, int b_is_two, float bm1, float
 void squares_to_nhwc_f32(const float* restrict x, float* restrict xt, float* restrict sq, int64_t n, int64_t c,
                          int64_t groups, int64_t hw) {
     const int64_t per_group = c / groups;
-    for (int64_t i = 0; i < n; ++i) for (int64_t c0 = 0; c0 < c; c0 += 16) {
-        const int64_t clen = min16(c - c0);
-        const __mmask16 cm = lanes(clen);
-        for (int64_t p0 = 0; p0 < hw; p0 += 16) {
-            const int64_t plen = min16(hw - p0);
-            const __mmask16 pm = lanes(plen);
-            const float* xi = x + i * c * hw + p0;
-            float* si = sq + i * groups * hw + p0;
-            int64_t grp = c0 / per_group;
-            __m512 acc = c0 % per_group ? _mm512_maskz_loadu_ps(pm, si + grp * hw) : _mm512_setzero_ps();
-            __m512 r[16];
-            for (int k = 0; k < 16; ++k) {
-                if (k >= clen) { r[k] = _mm512_setzero_ps(); continue; }
-                if ((c0 + k) / per_group != grp) {
-                    _mm512_mask_storeu_ps(si + grp * hw, pm, acc);
-                    acc = _mm512_setzero_ps();
-                    grp = (c0 + k) / per_group;
+    const int parallel_ = n * c * hw >= parallel_min;
+    PARALLEL for (int64_t i = 0; i < n; ++i) {
+        for (int64_t c0 = 0; c0 < c; c0 += 16) {
+            const int64_t clen = min16(c - c0);
+            const __mmask16 cm = lanes(clen);
+            for (int64_t p0 = 0; p0 < hw; p0 += 16) {
+                const int64_t plen = min16(hw - p0);
+                const __mmask16 pm = lanes(plen);
+                const float* xi = x + i * c * hw + p0;
+                float* si = sq + i * groups * hw + p0;
+                int64_t grp = c0 / per_group;
+                __m512 acc = c0 % per_group ? _mm512_maskz_loadu_ps(pm, si + grp * hw) : _mm512_setzero_ps();
+                __m512 r[16];
+                for (int k = 0; k < 16; ++k) {
+                    if (k >= clen) { r[k] = _mm512_setzero_ps(); continue; }
+                    if ((c0 + k) / per_group != grp) {
+                        _mm512_mask_storeu_ps(si + grp * hw, pm, acc);
+                        acc = _mm512_setzero_ps();
+                        grp = (c0 + k) / per_group;
+                    }
+                    r[k] = _mm512_maskz_loadu_ps(pm, xi + (c0 + k) * hw);
+                    acc = _mm512_add_ps(acc, _mm512_mul_ps(r[k], r[k]));
                 }
-                r[k] = _mm512_maskz_loadu_ps(pm, xi + (c0 + k) * hw);
-                acc = _mm512_add_ps(acc, _mm512_mul_ps(r[k], r[k]));
+                _mm512_mask_storeu_ps(si + grp * hw, pm, acc);
+                store_nhwc_tile(r, xt + (i * hw + p0) * c + c0, plen, c, cm);
             }
-            _mm512_mask_storeu_ps(si + grp * hw, pm, acc);
-            store_nhwc_tile(r, xt + (i * hw + p0) * c + c0, plen, c, cm);
         }
+        _mm_sfence();  /* this thread's streaming stores, before the loop's barrier */
     }
-    _mm_sfence();
 }
 
 void scale_forward_to_nchw_f32(const float* restrict lin, const float* restrict mult, float* restrict y, int64_t n,
@@ -115,21 +118,24 @@ void scale_forward_to_nchw_f32(const float* restrict lin, const float* restrict 
     const int64_t per_group = c / groups;
     const int b_is_two = b == 2.0;
     const float bm1 = (float)(b - 1.0), sc = (float)scale;
-    for (int64_t i = 0; i < n; ++i) for (int64_t p0 = 0; p0 < hw; p0 += 16) {
-        const int64_t plen = min16(hw - p0);
-        const __mmask16 pm = lanes(plen);
-        for (int64_t c0 = 0; c0 < c; c0 += 16) {
-            const int64_t clen = min16(c - c0);
-            __m512 r[16];
-            load_nhwc_tile(r, lin + (i * hw + p0) * c + c0, plen, c, lanes(clen));
-            for (int k = 0; k < clen; ++k) {
-                const __m512 m = _mm512_maskz_loadu_ps(pm, mult + (i * groups + (c0 + k) / per_group) * hw + p0);
-                const __m512 f = factor16(r[k], m, b_is_two, bm1, sc);
-                store_row(y + (i * c + c0 + k) * hw + p0, pm, _mm512_mul_ps(f, r[k]));
+    const int parallel_ = n * c * hw >= parallel_min;
+    PARALLEL for (int64_t i = 0; i < n; ++i) {
+        for (int64_t p0 = 0; p0 < hw; p0 += 16) {
+            const int64_t plen = min16(hw - p0);
+            const __mmask16 pm = lanes(plen);
+            for (int64_t c0 = 0; c0 < c; c0 += 16) {
+                const int64_t clen = min16(c - c0);
+                __m512 r[16];
+                load_nhwc_tile(r, lin + (i * hw + p0) * c + c0, plen, c, lanes(clen));
+                for (int k = 0; k < clen; ++k) {
+                    const __m512 m = _mm512_maskz_loadu_ps(pm, mult + (i * groups + (c0 + k) / per_group) * hw + p0);
+                    const __m512 f = factor16(r[k], m, b_is_two, bm1, sc);
+                    store_row(y + (i * c + c0 + k) * hw + p0, pm, _mm512_mul_ps(f, r[k]));
+                }
             }
         }
+        _mm_sfence();  /* this thread's streaming stores, before the loop's barrier */
     }
-    _mm_sfence();
 }
 
 void scale_backward_from_nchw_f32(const float* restrict g, const float* restrict lin, const float* restrict mult,
@@ -139,56 +145,62 @@ void scale_backward_from_nchw_f32(const float* restrict g, const float* restrict
     const int b_is_two = b == 2.0;
     const float bm1 = (float)(b - 1.0), sc = (float)scale;
     const __m512 bb = _mm512_set1_ps((float)b);
-    for (int64_t i = 0; i < n; ++i) for (int64_t c0 = 0; c0 < c; c0 += 16) {
-        const int64_t clen = min16(c - c0);
-        const __mmask16 cm = lanes(clen);
-        for (int64_t p0 = 0; p0 < hw; p0 += 16) {
-            const int64_t plen = min16(hw - p0);
-            const __mmask16 pm = lanes(plen);
-            float* si = sums + i * groups * hw + p0;
-            int64_t grp = c0 / per_group;
-            __m512 acc = c0 % per_group ? _mm512_maskz_loadu_ps(pm, si + grp * hw) : _mm512_setzero_ps();
-            __m512 r[16];
-            load_nhwc_tile(r, lin + (i * hw + p0) * c + c0, plen, c, cm);
-            for (int k = 0; k < clen; ++k) {
-                if ((c0 + k) / per_group != grp) {
-                    _mm512_mask_storeu_ps(si + grp * hw, pm, acc);
-                    acc = _mm512_setzero_ps();
-                    grp = (c0 + k) / per_group;
+    const int parallel_ = n * c * hw >= parallel_min;
+    PARALLEL for (int64_t i = 0; i < n; ++i) {
+        for (int64_t c0 = 0; c0 < c; c0 += 16) {
+            const int64_t clen = min16(c - c0);
+            const __mmask16 cm = lanes(clen);
+            for (int64_t p0 = 0; p0 < hw; p0 += 16) {
+                const int64_t plen = min16(hw - p0);
+                const __mmask16 pm = lanes(plen);
+                float* si = sums + i * groups * hw + p0;
+                int64_t grp = c0 / per_group;
+                __m512 acc = c0 % per_group ? _mm512_maskz_loadu_ps(pm, si + grp * hw) : _mm512_setzero_ps();
+                __m512 r[16];
+                load_nhwc_tile(r, lin + (i * hw + p0) * c + c0, plen, c, cm);
+                for (int k = 0; k < clen; ++k) {
+                    if ((c0 + k) / per_group != grp) {
+                        _mm512_mask_storeu_ps(si + grp * hw, pm, acc);
+                        acc = _mm512_setzero_ps();
+                        grp = (c0 + k) / per_group;
+                    }
+                    const __m512 m = _mm512_maskz_loadu_ps(pm, mult + (i * groups + grp) * hw + p0);
+                    const __m512 gy = _mm512_maskz_loadu_ps(pm, g + (i * c + c0 + k) * hw + p0);
+                    /* dL/do = B (dL/dy f), and the channel sum of dL/do * o, as scale_backward_f32 */
+                    const __m512 gl = _mm512_mul_ps(bb, _mm512_mul_ps(gy, factor16(r[k], m, b_is_two, bm1, sc)));
+                    acc = _mm512_add_ps(acc, _mm512_mul_ps(gl, r[k]));
+                    r[k] = gl;
                 }
-                const __m512 m = _mm512_maskz_loadu_ps(pm, mult + (i * groups + grp) * hw + p0);
-                const __m512 gy = _mm512_maskz_loadu_ps(pm, g + (i * c + c0 + k) * hw + p0);
-                /* dL/do = B (dL/dy f), and the channel sum of dL/do * o, as scale_backward_f32 */
-                const __m512 gl = _mm512_mul_ps(bb, _mm512_mul_ps(gy, factor16(r[k], m, b_is_two, bm1, sc)));
-                acc = _mm512_add_ps(acc, _mm512_mul_ps(gl, r[k]));
-                r[k] = gl;
+                _mm512_mask_storeu_ps(si + grp * hw, pm, acc);
+                store_nhwc_tile(r, grad_full + (i * hw + p0) * c + c0, plen, c, cm);
             }
-            _mm512_mask_storeu_ps(si + grp * hw, pm, acc);
-            store_nhwc_tile(r, grad_full + (i * hw + p0) * c + c0, plen, c, cm);
         }
+        _mm_sfence();  /* this thread's streaming stores, before the loop's barrier */
     }
-    _mm_sfence();
 }
 
 void correct_to_nchw_f32(const float* restrict gx, const float* restrict x, const float* restrict spread,
                          float* restrict out, int64_t n, int64_t c, int64_t groups, int64_t hw) {
     const int64_t per_group = c / groups;
-    for (int64_t i = 0; i < n; ++i) for (int64_t p0 = 0; p0 < hw; p0 += 16) {
-        const int64_t plen = min16(hw - p0);
-        const __mmask16 pm = lanes(plen);
-        for (int64_t c0 = 0; c0 < c; c0 += 16) {
-            const int64_t clen = min16(c - c0);
-            __m512 r[16], q[16];
-            load_nhwc_tile(r, gx + (i * hw + p0) * c + c0, plen, c, lanes(clen));
-            load_nhwc_tile(q, x + (i * hw + p0) * c + c0, plen, c, lanes(clen));
-            for (int k = 0; k < clen; ++k) {
-                const __m512 s = _mm512_maskz_loadu_ps(pm, spread + (i * groups + (c0 + k) / per_group) * hw + p0);
-                const __m512 sum = _mm512_add_ps(r[k], _mm512_mul_ps(q[k], s));
-                store_row(out + (i * c + c0 + k) * hw + p0, pm, sum);
+    const int parallel_ = n * c * hw >= parallel_min;
+    PARALLEL for (int64_t i = 0; i < n; ++i) {
+        for (int64_t p0 = 0; p0 < hw; p0 += 16) {
+            const int64_t plen = min16(hw - p0);
+            const __mmask16 pm = lanes(plen);
+            for (int64_t c0 = 0; c0 < c; c0 += 16) {
+                const int64_t clen = min16(c - c0);
+                __m512 r[16], q[16];
+                load_nhwc_tile(r, gx + (i * hw + p0) * c + c0, plen, c, lanes(clen));
+                load_nhwc_tile(q, x + (i * hw + p0) * c + c0, plen, c, lanes(clen));
+                for (int k = 0; k < clen; ++k) {
+                    const __m512 s = _mm512_maskz_loadu_ps(pm, spread + (i * groups + (c0 + k) / per_group) * hw + p0);
+                    const __m512 sum = _mm512_add_ps(r[k], _mm512_mul_ps(q[k], s));
+                    store_row(out + (i * c + c0 + k) * hw + p0, pm, sum);
+                }
             }
         }
+        _mm_sfence();  /* this thread's streaming stores, before the loop's barrier */
     }
-    _mm_sfence();
 }
 #else
 int transposed_available(void) { return 0; }
