@@ -75,6 +75,22 @@ static inline __m512 factor16(__m512 o, __m512 m, int b_is_two, float bm1, float
     return _mm512_loadu_ps(v);
 }
 
+/* Per-group channel sums over a tile, in channel order: the running sum of group *grp at the tile's positions
+   starts from what earlier channel blocks left in the map (or 0 at a group's first channel); entering a channel
+   of the next group stores it and starts that group's at 0. */
+static inline __m512 group_sum_start(const float* si, int64_t c0, int64_t per_group, int64_t hw, __mmask16 pm,
+                                     int64_t* grp) {
+    *grp = c0 / per_group;
+    return c0 % per_group ? _mm512_maskz_loadu_ps(pm, si + *grp * hw) : _mm512_setzero_ps();
+}
+static inline __m512 group_sum_enter(__m512 acc, int64_t ch, float* si, int64_t per_group, int64_t hw, __mmask16 pm,
+                                     int64_t* grp) {
+    if (ch / per_group == *grp) return acc;
+    _mm512_mask_storeu_ps(si + *grp * hw, pm, acc);
+    *grp = ch / per_group;
+    return _mm512_setzero_ps();
+}
+
 /* The loops run over blocks of 16 channels outermost and positions inside, so that each pass reads and
    writes a few long streams (16 channel rows, or one row of strided cache lines) that the hardware
    prefetches: with positions outermost, 64 channels were 64 short streams and the pass ran at half the
@@ -92,16 +108,12 @@ void squares_to_nhwc_f32(const float* restrict x, float* restrict xt, float* res
                 const __mmask16 pm = lanes(plen);
                 const float* xi = x + i * c * hw + p0;
                 float* si = sq + i * groups * hw + p0;
-                int64_t grp = c0 / per_group;
-                __m512 acc = c0 % per_group ? _mm512_maskz_loadu_ps(pm, si + grp * hw) : _mm512_setzero_ps();
+                int64_t grp;
+                __m512 acc = group_sum_start(si, c0, per_group, hw, pm, &grp);
                 __m512 r[16];
                 for (int k = 0; k < 16; ++k) {
                     if (k >= clen) { r[k] = _mm512_setzero_ps(); continue; }
-                    if ((c0 + k) / per_group != grp) {
-                        _mm512_mask_storeu_ps(si + grp * hw, pm, acc);
-                        acc = _mm512_setzero_ps();
-                        grp = (c0 + k) / per_group;
-                    }
+                    acc = group_sum_enter(acc, c0 + k, si, per_group, hw, pm, &grp);
                     r[k] = _mm512_maskz_loadu_ps(pm, xi + (c0 + k) * hw);
                     acc = _mm512_add_ps(acc, _mm512_mul_ps(r[k], r[k]));
                 }
@@ -154,16 +166,12 @@ void scale_backward_from_nchw_f32(const float* restrict g, const float* restrict
                 const int64_t plen = min16(hw - p0);
                 const __mmask16 pm = lanes(plen);
                 float* si = sums + i * groups * hw + p0;
-                int64_t grp = c0 / per_group;
-                __m512 acc = c0 % per_group ? _mm512_maskz_loadu_ps(pm, si + grp * hw) : _mm512_setzero_ps();
+                int64_t grp;
+                __m512 acc = group_sum_start(si, c0, per_group, hw, pm, &grp);
                 __m512 r[16];
                 load_nhwc_tile(r, lin + (i * hw + p0) * c + c0, plen, c, cm);
                 for (int k = 0; k < clen; ++k) {
-                    if ((c0 + k) / per_group != grp) {
-                        _mm512_mask_storeu_ps(si + grp * hw, pm, acc);
-                        acc = _mm512_setzero_ps();
-                        grp = (c0 + k) / per_group;
-                    }
+                    acc = group_sum_enter(acc, c0 + k, si, per_group, hw, pm, &grp);
                     const __m512 m = _mm512_maskz_loadu_ps(pm, mult + (i * groups + grp) * hw + p0);
                     const __m512 gy = _mm512_maskz_loadu_ps(pm, g + (i * c + c0 + k) * hw + p0);
                     /* dL/do = B (dL/dy f), and the channel sum of dL/do * o, as scale_backward_f32 */
