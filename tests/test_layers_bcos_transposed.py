@@ -99,14 +99,17 @@ def _spy(monkeypatch) -> list[str]:
     return calls
 
 
-@pytest.mark.parametrize(("stride", "b", "padding_mode", "size"), [
-    (1, 2.0, "zeros", 17), (2, 2.0, "zeros", 33), (1, 1.5, "reflect", 16), (1, 2.5, "zeros", 20),
+@pytest.mark.parametrize(("stride", "b", "padding_mode", "size", "dilation", "batch"), [
+    (1, 2.0, "zeros", 17, 1, 3), (2, 2.0, "zeros", 33, 1, 3), (1, 1.5, "reflect", 16, 1, 3),
+    (1, 2.5, "zeros", 20, 1, 3), (1, 2.0, "zeros", 21, 2, 1),
 ])
-def test_training_step_matches_float64_and_the_untransposed_path(monkeypatch, stride, b, padding_mode, size):
-    layer = _layer(stride=stride, b=b, padding_mode=padding_mode)
-    reference = _layer(stride=stride, b=b, padding_mode=padding_mode).double()
+def test_training_step_matches_float64_and_the_untransposed_path(
+    monkeypatch, stride, b, padding_mode, size, dilation, batch
+):
+    layer = _layer(stride=stride, b=b, padding_mode=padding_mode, dilation=dilation)
+    reference = _layer(stride=stride, b=b, padding_mode=padding_mode, dilation=dilation).double()
     gen = torch.Generator().manual_seed(1)
-    x = torch.randn(3, 20, size, size, generator=gen)
+    x = torch.randn(batch, 20, size, size, generator=gen)
     grad_y = torch.randn(layer(x).shape, generator=gen)
 
     def step(module, inputs, grads):

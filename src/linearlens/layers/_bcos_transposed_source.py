@@ -54,8 +54,8 @@ static inline void load_nhwc_tile(__m512 r[16], const float* src, int64_t plen, 
 }
 /* Full-size outputs are written with streaming (non-temporal) stores where a row of the tile is whole and
    64-byte aligned: they skip reading each destination line before writing it, which made a transposing pass
-   cost about twice a copy.  Partial or unaligned rows use masked stores; each kernel ends with a store fence,
-   so the results are visible before it returns. */
+   cost about twice a copy.  Partial or unaligned rows use masked stores; every batch item ends with a store
+   fence on the thread that wrote it, so the results are visible when the kernel returns. */
 static inline int aligned64(const float* p) { return ((uintptr_t)p & 63u) == 0; }
 static inline void store_row(float* dst, __mmask16 m, __m512 v) {
     if (m == (__mmask16)0xFFFF && aligned64(dst)) _mm512_stream_ps(dst, v);
