@@ -233,3 +233,21 @@ def test_nan_and_infinity_propagate_as_in_the_untransposed_kernels():
     same(sums, plain_sums)
     spread = torch.randn(2, 1, 9, 7, generator=gen)
     same(transposed.correct_to_nchw(lin_nhwc, xt, spread), linear + x * spread)
+
+
+def test_a_channels_last_gradient_takes_the_general_backward_with_the_same_result(monkeypatch):
+    """A channels-last ``dL/dy`` reaching a layer that convolved channels-last goes through the general (NHWC)
+    backward kernels; the gradients equal those of a plain ``dL/dy``."""
+    layer = _layer()
+    x = torch.randn(2, 20, 17, 17)
+    grad_y = torch.randn(2, 35, 17, 17)
+    grads = []
+    for g in (grad_y, grad_y.contiguous(memory_format=NHWC)):
+        layer.zero_grad()
+        inputs = x.clone().requires_grad_(True)
+        calls = _spy(monkeypatch)
+        layer(inputs).backward(g)
+        grads.append((inputs.grad, layer.weight.grad.clone(), list(calls)))
+    assert "scale_backward_from_nchw" in grads[0][2] and "scale_backward_from_nchw" not in grads[1][2]
+    for plain, nhwc in zip(grads[0][:2], grads[1][:2], strict=True):
+        torch.testing.assert_close(nhwc, plain, rtol=1e-5, atol=1e-6 * plain.abs().max().item())
