@@ -8,7 +8,8 @@ transposing path is faster).
 never uses them there).  1 thread, process CPU clock, freed memory kept.  These ratios chose
 ``_bcos_transposed.applies``'s rule (a kernel larger than 1x1, at least 256 output positions).
 
-Usage: ``python benchmarks/bench_bcos_transposed_shapes.py [--repeats 10] [--inference]``.  Last line: JSON.
+Usage: ``python benchmarks/bench_bcos_transposed_shapes.py [--repeats 10] [--inference] [--max-out 2]``.
+Last line: JSON.
 """
 
 from __future__ import annotations
@@ -45,13 +46,14 @@ def _transposed_inference(layer: BcosConv2d, x: torch.Tensor) -> torch.Tensor:
     xt, squares = transposed.squares_to_nhwc(x, 1)
     linear = F.conv2d(xt, layer.normalized_weight(), None, layer.stride, layer.padding)
     del xt
-    return transposed.scale_forward_to_nchw(linear, layer._norm_maps(squares)[2], 1, layer.b, layer.scale)
+    return transposed.scale_forward_to_nchw(linear, layer._norm_maps(squares)[2], 1, layer.b, layer.scale)[0]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--inference", action="store_true")
+    parser.add_argument("--max-out", type=int, default=1, choices=(1, 2), help="MaxOut units per channel")
     args = parser.parse_args()
     if not transposed.available():
         print(json.dumps({"error": "transposing kernels unavailable (they need AVX-512 and a C compiler)"}))
@@ -61,17 +63,17 @@ def main() -> int:
     allowed = transposed.applies
 
     def forced(x, *_):  # the transposing path whatever the shape, to measure what the rule decides on
-        return allowed(x, MANY, (3, 3), 1, 1)
+        return allowed(x, MANY, (3, 3), args.max_out, 1)
 
     rows = []
     for cin, cout, size, stride, kernel, batch in SHAPES:
         torch.manual_seed(0)
-        layer = BcosConv2d(cin, cout, kernel, stride=stride, padding=kernel // 2)
+        layer = BcosConv2d(cin, cout, kernel, stride=stride, padding=kernel // 2, max_out=args.max_out)
         x = torch.randn(batch, cin, size, size)
         with torch.no_grad():
             grad = torch.randn_like(layer(x))
         times: dict[str, list[float]] = {"train_transposed": [], "train_plain": []}
-        if args.inference:
+        if args.inference and args.max_out == 1:
             times.update(infer_transposed=[], infer_plain=[])
         for _ in range(args.repeats + 1):
             for name in times:
@@ -90,13 +92,14 @@ def main() -> int:
         row = {"in": cin, "out": cout, "size": size, "stride": stride, "kernel": kernel, "batch": batch,
                "train_plain_ms": round(1e3 * med["train_plain"], 2),
                "train_transposed_over_plain": round(med["train_transposed"] / med["train_plain"], 3),
-               "rule_applies": allowed(x, ((size - 1) // stride + 1) ** 2, (kernel, kernel), 1, 1)}
-        if args.inference:
+               "rule_applies": allowed(x, ((size - 1) // stride + 1) ** 2, (kernel, kernel), args.max_out, 1)}
+        if "infer_plain" in times:
             row["infer_transposed_over_plain"] = round(med["infer_transposed"] / med["infer_plain"], 3)
         print(row, flush=True)
         rows.append(row)
-    print(json.dumps({"benchmark": "bcos_transposed_shapes", "threads": 1, "clock": "cpu", "repeats": args.repeats,
-                      "kept_freed_memory": kept, "load_avg_1min": round(os.getloadavg()[0], 2), "rows": rows}))
+    print(json.dumps({"benchmark": "bcos_transposed_shapes", "max_out": args.max_out, "threads": 1, "clock": "cpu",
+                      "repeats": args.repeats, "kept_freed_memory": kept,
+                      "load_avg_1min": round(os.getloadavg()[0], 2), "rows": rows}))
     return 0
 
 

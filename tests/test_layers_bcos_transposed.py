@@ -48,7 +48,7 @@ def test_scale_forward_to_nchw_equals_the_nhwc_kernel(batch, per_group, groups, 
     gen = torch.Generator().manual_seed(seed)
     linear = torch.randn(batch, per_group * groups, height, width, generator=gen).contiguous(memory_format=NHWC)
     multiplier = torch.rand(batch, groups, height, width, generator=gen) + 0.1
-    y = transposed.scale_forward_to_nchw(linear, multiplier, groups, b, scale)
+    y = transposed.scale_forward_to_nchw(linear, multiplier, groups, b, scale)[0]
     reference = fused.scale_forward(linear, multiplier, 1, groups, b, scale)[0]
     assert y.is_contiguous() and torch.equal(y, reference)
 
@@ -71,6 +71,44 @@ def test_scale_backward_from_nchw_equals_the_untransposed_kernels(batch, per_gro
     plain_grad, plain_sums = fused.scale_backward(grad_out, linear, None, multiplier, 1, groups, b, 1.0)
     assert torch.equal(grad_linear, nhwc_grad) and torch.equal(grad_linear, plain_grad)
     assert torch.equal(sums, plain_sums)
+
+
+def _maxout_units(batch, channels, height, width, gen):
+    """Two units per channel, interleaved channels-last, with ties and NaNs among them."""
+    units = torch.randn(batch, height, width, channels, 2, generator=gen)
+    tie = torch.rand(batch, height, width, channels, generator=gen) < 0.1
+    units[..., 1][tie] = units[..., 0][tie]
+    flat = units.view(-1)
+    flat[torch.randint(0, flat.numel(), (3,), generator=gen)] = float("nan")
+    return units.reshape(batch, height, width, 2 * channels).permute(0, 3, 1, 2)  # channels-last (N, 2C, H, W)
+
+
+@settings(max_examples=40, deadline=None)
+@given(**shapes, b=st.sampled_from([2.0, 1.5]))
+def test_maxout_kernels_equal_the_untransposed_ones(batch, per_group, groups, height, width, seed, b):
+    """The MaxOut of two units: winners, winner masks, ``y``, ``dL/do`` to the units (ties shared) and the
+    channel sums as the NHWC kernels (the sums in the NCHW kernel's order)."""
+    if not transposed.maxout_available():
+        pytest.skip("MaxOut tiles need AVX-512 BW/VL and BMI2")
+    gen = torch.Generator().manual_seed(seed)
+    c = per_group * groups
+    linear = _maxout_units(batch, c, height, width, gen)
+    multiplier = torch.rand(batch, groups, height, width, generator=gen) + 0.1
+    y, best, win = transposed.scale_forward_to_nchw(linear, multiplier, groups, b, 1.0, units=2)
+    ref_y, ref_best, ref_win = fused.scale_forward(linear, multiplier, 2, groups, b, 1.0, keep=True)
+    same = dict(rtol=0, atol=0, equal_nan=True)
+    assert y.is_contiguous() and best.is_contiguous(memory_format=NHWC) and win.permute(0, 3, 4, 1, 2).is_contiguous()
+    torch.testing.assert_close(y, ref_y, **same)
+    torch.testing.assert_close(best, ref_best, **same)
+    assert torch.equal(win, ref_win)
+    grad_out = torch.randn(batch, c, height, width, generator=gen)
+    grad_units, sums = transposed.scale_backward_from_nchw(grad_out, best, multiplier, groups, b, 1.0, win, 2)
+    ref_units, _ = fused.scale_backward(grad_out.contiguous(memory_format=NHWC), best, win, multiplier, 2, groups, b,
+                                        1.0)
+    _, plain_sums = fused.scale_backward(grad_out, best.contiguous(), win.contiguous(), multiplier, 2, groups, b, 1.0)
+    assert grad_units.is_contiguous(memory_format=NHWC)
+    torch.testing.assert_close(grad_units, ref_units, **same)
+    torch.testing.assert_close(sums, plain_sums, **same)
 
 
 @settings(max_examples=40, deadline=None)
@@ -99,15 +137,18 @@ def _spy(monkeypatch) -> list[str]:
     return calls
 
 
-@pytest.mark.parametrize(("stride", "b", "padding_mode", "size", "dilation", "batch"), [
-    (1, 2.0, "zeros", 17, 1, 3), (2, 2.0, "zeros", 33, 1, 3), (1, 1.5, "reflect", 16, 1, 3),
-    (1, 2.5, "zeros", 20, 1, 3), (1, 2.0, "zeros", 21, 2, 1),
+@pytest.mark.parametrize(("stride", "b", "padding_mode", "size", "dilation", "batch", "max_out"), [
+    (1, 2.0, "zeros", 17, 1, 3, 1), (2, 2.0, "zeros", 33, 1, 3, 1), (1, 1.5, "reflect", 16, 1, 3, 1),
+    (1, 2.5, "zeros", 20, 1, 3, 1), (1, 2.0, "zeros", 21, 2, 1, 1), (1, 2.0, "zeros", 17, 1, 3, 2),
+    (2, 1.5, "reflect", 33, 1, 2, 2),
 ])
 def test_training_step_matches_float64_and_the_untransposed_path(
-    monkeypatch, stride, b, padding_mode, size, dilation, batch
+    monkeypatch, stride, b, padding_mode, size, dilation, batch, max_out
 ):
-    layer = _layer(stride=stride, b=b, padding_mode=padding_mode, dilation=dilation)
-    reference = _layer(stride=stride, b=b, padding_mode=padding_mode, dilation=dilation).double()
+    if max_out == 2 and not transposed.maxout_available():
+        pytest.skip("MaxOut tiles need AVX-512 BW/VL and BMI2")
+    kwargs = dict(stride=stride, b=b, padding_mode=padding_mode, dilation=dilation, max_out=max_out)
+    layer, reference = _layer(**kwargs), _layer(**kwargs).double()
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(batch, 20, size, size, generator=gen)
     grad_y = torch.randn(layer(x).shape, generator=gen)
@@ -134,10 +175,10 @@ def test_training_step_matches_float64_and_the_untransposed_path(
 
 
 @pytest.mark.parametrize(
-    "case", ["no_grad", "small_map", "groups", "max_out", "channels_last", "float64", "bf16", "1x1"]
+    "case", ["no_grad", "small_map", "groups", "max_out_3", "channels_last", "float64", "bf16", "1x1"]
 )
 def test_other_inputs_keep_the_untransposed_path(monkeypatch, case):
-    layer = _layer(cin=8, cout=8, groups=2 if case == "groups" else 1, max_out=2 if case == "max_out" else 1)
+    layer = _layer(cin=8, cout=8, groups=2 if case == "groups" else 1, max_out=3 if case == "max_out_3" else 1)
     if case == "1x1":
         layer = BcosConv2d(8, 8, 1)
     x = torch.randn(2, 8, 8 if case == "small_map" else 16, 8 if case == "small_map" else 16)
@@ -183,7 +224,7 @@ def test_kernels_split_over_threads_give_the_one_thread_result(monkeypatch):
     def run():
         xt, squares = transposed.squares_to_nhwc(x, 2)
         grad_linear, sums = transposed.scale_backward_from_nchw(x, linear, multiplier, 2, 2.0, 1.0)
-        return (xt, squares, transposed.scale_forward_to_nchw(linear, multiplier, 2, 2.0, 1.0), grad_linear, sums,
+        return (xt, squares, transposed.scale_forward_to_nchw(linear, multiplier, 2, 2.0, 1.0)[0], grad_linear, sums,
                 transposed.correct_to_nchw(linear, xt, spread))
 
     one = run()
@@ -225,7 +266,7 @@ def test_nan_and_infinity_propagate_as_in_the_untransposed_kernels():
     xt, squares = transposed.squares_to_nhwc(x, 1)
     same(xt, x)
     same(squares, fused.channel_squares(x, 1))
-    same(transposed.scale_forward_to_nchw(lin_nhwc, multiplier, 1, 2.0, 1.0),
+    same(transposed.scale_forward_to_nchw(lin_nhwc, multiplier, 1, 2.0, 1.0)[0],
          fused.scale_forward(lin_nhwc, multiplier, 1, 1, 2.0, 1.0)[0])
     grad_linear, sums = transposed.scale_backward_from_nchw(grad_out, lin_nhwc, multiplier, 1, 2.0, 1.0)
     plain_grad, plain_sums = fused.scale_backward(grad_out, linear, None, multiplier, 1, 1, 2.0, 1.0)

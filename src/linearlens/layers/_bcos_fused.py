@@ -157,8 +157,9 @@ def _load() -> ctypes.CDLL | None:
                     lib.transposed_available.restype = ctypes.c_int
                     if lib.transposed_available():
                         lib.squares_to_nhwc_f32.argtypes = [_PTR] * 3 + [_I64] * 4
-                        lib.scale_forward_to_nchw_f32.argtypes = [_PTR] * 3 + [_I64] * 4 + [_F64] * 2
-                        lib.scale_backward_from_nchw_f32.argtypes = [_PTR] * 5 + [_I64] * 4 + [_F64] * 2
+                        lib.scale_forward_to_nchw_f32.argtypes = [_PTR] * 5 + [_I64] * 5 + [_F64] * 2
+                        lib.scale_backward_from_nchw_f32.argtypes = [_PTR] * 6 + [_I64] * 5 + [_F64] * 2
+                        lib.transposed_maxout_available.restype = ctypes.c_int
                         lib.correct_to_nchw_f32.argtypes = [_PTR] * 4 + [_I64] * 4
                 except (OSError, subprocess.SubprocessError) as err:
                     _STATE["error"] = f"{type(err).__name__}: {err}"

@@ -72,8 +72,11 @@ class _BcosConv2dLive(torch.autograd.Function):
         ctx.layer, ctx.padding, ctx.size = layer, padding, tuple(xp.shape[-2:])
         # The output itself is not saved, so that it may be modified in place (``out += identity``).
         if ctx.transposed:
-            ctx.save_for_backward(xp, w_hat, None, linear, multiplier, sums, norm)
-            return transposed.scale_forward_to_nchw(linear, multiplier, layer.groups, layer.b, layer.scale)
+            y, best, winners = transposed.scale_forward_to_nchw(
+                linear, multiplier, layer.groups, layer.b, layer.scale, layer.max_out
+            )
+            ctx.save_for_backward(xp, w_hat, winners, linear if best is None else best, multiplier, sums, norm)
+            return y
         if fused.supports(linear, compute=(multiplier,)):
             y, best, winners = fused.scale_forward(
                 linear, multiplier, layer.max_out, layer.groups, layer.b, layer.scale, keep=True
@@ -151,11 +154,11 @@ def _transposed_backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, Tensor |
     """The backward of :class:`_BcosConv2dLive` for a plain input convolved channels-last: the same formulas
     as its general backward, each pass also changing the layout (:mod:`._bcos_transposed`)."""
     layer, padding = ctx.layer, ctx.padding
-    xp, w_hat, _, linear, multiplier, sums, norm = ctx.saved_tensors
+    xp, w_hat, winners, linear, multiplier, sums, norm = ctx.saved_tensors
     need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
     b, groups = layer.b, layer.groups
     grad_linear, per_group = transposed.scale_backward_from_nchw(
-        grad_out, linear, multiplier, groups, b, layer.scale
+        grad_out, linear, multiplier, groups, b, layer.scale, winners, layer.max_out
     )
     xt, _ = transposed.squares_to_nhwc(xp, groups)
     grad_x, grad_w, _ = torch.ops.aten.convolution_backward(

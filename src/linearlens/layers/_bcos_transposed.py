@@ -11,7 +11,8 @@ a B-cos layer on a plain input took, this way, 0.80-0.98x as long as the untrans
 :func:`applies` asks for a kernel larger than 1x1 and at least :data:`MIN_POSITIONS` output positions.
 Inference does not use it: the extra layout change of the input and an output written to a fresh buffer
 instead of in place cost about what the convolution saves (0.90-1.23x for kernels larger than 1x1).
-Only float32, one group and no MaxOut take this path; everything else keeps the untransposed kernels.
+Only float32, one group and no MaxOut or the MaxOut of two units take this path; everything else keeps the
+untransposed kernels.
 """
 
 from __future__ import annotations
@@ -34,6 +35,11 @@ def available() -> bool:
     return lib is not None and bool(lib.transposed_available())
 
 
+def maxout_available() -> bool:
+    """Whether their MaxOut-of-two variant was compiled (it also needs AVX-512 BW/VL and BMI2)."""
+    return available() and bool(fused._load().transposed_maxout_available())  # type: ignore[union-attr]
+
+
 def applies(x: Tensor, out_positions: int, kernel_size: tuple[int, int], units: int, groups: int) -> bool:
     """Whether training a B-cos convolution on ``x`` (already padded) should convolve it channels-last."""
     return (
@@ -41,11 +47,10 @@ def applies(x: Tensor, out_positions: int, kernel_size: tuple[int, int], units: 
         and x.dim() == 4
         and x.is_contiguous()
         and kernel_size[0] * kernel_size[1] > 1
-        and units == 1
         and groups == 1
         and out_positions >= MIN_POSITIONS
         and fused.supports(x)
-        and available()
+        and (units == 1 and available() or units == 2 and maxout_available())
     )
 
 
@@ -68,34 +73,46 @@ def _nhwc(t: Tensor) -> Tensor:
     return t.contiguous(memory_format=torch.channels_last)
 
 
-def scale_forward_to_nchw(linear: Tensor, multiplier: Tensor, groups: int, b: float, scale: float) -> Tensor:
+def scale_forward_to_nchw(
+    linear: Tensor, multiplier: Tensor, groups: int, b: float, scale: float, units: int = 1
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """``y = f o`` (Eq. (11); ``f`` as in :func:`._bcos_fused.scale_forward`) in the plain layout, from the
-    channels-last convolution output ``o``."""
+    channels-last convolution output.  With ``units = 2`` (MaxOut, Eq. (17)) ``o`` is the winner of each
+    channel's two units and the winning outputs (channels-last) and the one-byte winner mask (the layout
+    :func:`._bcos_fused.scale_forward` gives a channels-last input) come back too, for the backward."""
     linear = _nhwc(linear)
     multiplier = multiplier.contiguous()
-    n, c, h, w = linear.shape
+    n, cu, h, w = linear.shape
+    c = cu // units
     y = linear.new_empty(n, c, h, w)
+    best = win = None
+    if units == 2:
+        best = torch.empty((n, c, h, w), dtype=linear.dtype, memory_format=torch.channels_last)
+        win = torch.empty(n, h, w, c, units, dtype=torch.uint8).permute(0, 3, 4, 1, 2)
     fused._launch(_lib().scale_forward_to_nchw_f32, n,
-                  [(linear, c * h * w), (multiplier, groups * h * w), (y, c * h * w)],
-                  c, groups, h * w, float(b), float(scale))
-    return y
+                  [(linear, cu * h * w), (multiplier, groups * h * w), (y, c * h * w), (best, c * h * w),
+                   (win, cu * h * w)],
+                  c, units, groups, h * w, float(b), float(scale))
+    return y, best, win
 
 
 def scale_backward_from_nchw(
-    grad_out: Tensor, linear: Tensor, multiplier: Tensor, groups: int, b: float, scale: float
+    grad_out: Tensor, linear: Tensor, multiplier: Tensor, groups: int, b: float, scale: float,
+    winners: Tensor | None = None, units: int = 1,
 ) -> tuple[Tensor, Tensor]:
-    """``dL/do = B f dL/dy`` channels-last (for the channels-last convolution's backward) and, per group and
-    position, ``sum_c dL/do * o``, from the plain ``dL/dy`` and the channels-last ``o``."""
+    """``dL/do = B f dL/dy`` channels-last (for the channels-last convolution's backward; with ``units = 2``
+    to the MaxOut units by ``winners``, ties shared) and, per group and position, ``sum_c dL/do * o``, from the
+    plain ``dL/dy`` and the channels-last ``o`` (the winners' outputs with MaxOut)."""
     grad_out = grad_out.contiguous()
     linear = _nhwc(linear)
     multiplier = multiplier.contiguous()
     n, c, h, w = grad_out.shape
-    grad_linear = torch.empty_like(linear, memory_format=torch.channels_last)
+    grad_linear = torch.empty((n, c * units, h, w), dtype=grad_out.dtype, memory_format=torch.channels_last)
     sums = grad_out.new_empty(n, groups, h, w)
     fused._launch(_lib().scale_backward_from_nchw_f32, n,
-                  [(grad_out, c * h * w), (linear, c * h * w), (multiplier, groups * h * w),
-                   (grad_linear, c * h * w), (sums, groups * h * w)],
-                  c, groups, h * w, float(b), float(scale))
+                  [(grad_out, c * h * w), (linear, c * h * w), (winners, c * units * h * w),
+                   (multiplier, groups * h * w), (grad_linear, c * units * h * w), (sums, groups * h * w)],
+                  c, units, groups, h * w, float(b), float(scale))
     return grad_linear, sums
 
 
