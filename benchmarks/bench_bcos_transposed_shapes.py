@@ -8,8 +8,11 @@ transposing path is faster).
 never uses them there).  1 thread, process CPU clock, freed memory kept.  These ratios chose
 ``_bcos_transposed.applies``'s rule (a kernel larger than 1x1, at least 256 output positions).
 
-Usage: ``python benchmarks/bench_bcos_transposed_shapes.py [--repeats 10] [--inference] [--max-out 2]``.
-Last line: JSON.
+``--network`` instead times a training step (forward, BCE loss, backward; batch 64) of the CIFAR network
+``bcos_cifar`` at widths 0.25 and 0.5, plain and MaxOut, with the path on (by its rule) and off.
+
+Usage: ``python benchmarks/bench_bcos_transposed_shapes.py [--repeats 10] [--inference] [--max-out 2]
+[--network]``.  Last line: JSON.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_bcos_layer import keep_freed_memory  # noqa: E402  (same folder, run as a script)
 from linearlens.layers import BcosConv2d  # noqa: E402
 from linearlens.layers import _bcos_transposed as transposed  # noqa: E402
+from linearlens.models import create_model  # noqa: E402
+from linearlens.training import bce_loss  # noqa: E402
 
 # (in, out, map size, stride, kernel, batch): the CIFAR network's layers and ImageNet-sized ones
 SHAPES = [
@@ -49,17 +54,49 @@ def _transposed_inference(layer: BcosConv2d, x: torch.Tensor) -> torch.Tensor:
     return transposed.scale_forward_to_nchw(linear, layer._norm_maps(squares)[2], 1, layer.b, layer.scale)[0]
 
 
+def network_rows(repeats: int) -> list[dict]:
+    """The CIFAR network's training step with the channels-last path allowed by its rule and switched off."""
+    allowed, rows = transposed.applies, []
+    for width in (0.25, 0.5):
+        for max_out in (1, 2):
+            torch.manual_seed(0)
+            net = create_model("bcos_cifar", width=width, max_out=max_out)
+            x, labels = torch.rand(64, 3, 32, 32), torch.randint(0, 10, (64,))
+            times: dict[str, list[float]] = {"on": [], "off": []}
+            for _ in range(repeats + 1):
+                for name in times:
+                    transposed.applies = allowed if name == "on" else (lambda *a, **k: False)
+                    net.zero_grad(set_to_none=True)
+                    t0 = time.process_time()
+                    bce_loss(net(x), labels).backward()
+                    times[name].append(time.process_time() - t0)
+                    transposed.applies = allowed
+            med = {name: statistics.median(values[1:]) for name, values in times.items()}
+            row = {"width": width, "max_out": max_out, "step_off_ms": round(1e3 * med["off"], 1),
+                   "step_on_ms": round(1e3 * med["on"], 1), "on_over_off": round(med["on"] / med["off"], 3)}
+            print(row, flush=True)
+            rows.append(row)
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--inference", action="store_true")
     parser.add_argument("--max-out", type=int, default=1, choices=(1, 2), help="MaxOut units per channel")
+    parser.add_argument("--network", action="store_true", help="the CIFAR network's training step instead")
     args = parser.parse_args()
     if not transposed.available():
         print(json.dumps({"error": "transposing kernels unavailable (they need AVX-512 and a C compiler)"}))
         return 1
     torch.set_num_threads(1)
     kept = keep_freed_memory()
+    if args.network:
+        rows = network_rows(args.repeats)
+        print(json.dumps({"benchmark": "bcos_transposed_network", "threads": 1, "clock": "cpu", "batch": 64,
+                          "repeats": args.repeats, "kept_freed_memory": kept,
+                          "load_avg_1min": round(os.getloadavg()[0], 2), "rows": rows}))
+        return 0
     allowed = transposed.applies
 
     def forced(x, *_):  # the transposing path whatever the shape, to measure what the rule decides on

@@ -11,8 +11,8 @@ a B-cos layer on a plain input took, this way, 0.80-0.98x as long as the untrans
 :func:`applies` asks for a kernel larger than 1x1 and at least :data:`MIN_POSITIONS` output positions.
 Inference does not use it: the extra layout change of the input and an output written to a fresh buffer
 instead of in place cost about what the convolution saves (0.90-1.23x for kernels larger than 1x1).
-Only float32, one group and no MaxOut or the MaxOut of two units take this path; everything else keeps the
-untransposed kernels.
+Only float32 and one group take this path, without MaxOut or with the MaxOut of two units (which also needs
+AVX-512 BW/VL and BMI2); everything else keeps the untransposed kernels.
 """
 
 from __future__ import annotations

@@ -10,6 +10,9 @@ can convolve channels-last instead, if the layout changes ride on passes it make
   and, per group and position, ``sum_c dL/do * o``;
 * ``correct_to_nchw``: ``dL/dx`` (NHWC, from the convolution backward) ``+ x * spread`` in NCHW.
 
+With MaxOut of two units (Eq. (17)) the forward also takes each channel's winner and writes the winning
+outputs and one-byte winner masks, and the backward spreads ``dL/do`` back to the units by the masks.
+
 A 16 x 16 tile (16 positions x 16 channels) is transposed in registers; partial tiles use masked loads and
 stores.  The per-element arithmetic is that of the untransposed kernels, in the same order (channel sums
 accumulate channel by channel as the NCHW kernels do), without FMA contraction.  Without AVX-512 the
