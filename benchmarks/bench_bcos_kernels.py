@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_bcos_layer import keep_freed_memory  # noqa: E402  (same folder, run as a script)
+from bench_bcos_layer import keep_freed_memory, positive_int  # noqa: E402  (same folder, run as a script)
 from linearlens.layers import _bcos_fused as fused  # noqa: E402
 
 try:  # an older checkout has no transposing kernels
@@ -93,8 +93,8 @@ def _transposing_calls(batch: int, channels: int, size: int) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=positive_int, default=15)
+    parser.add_argument("--threads", type=positive_int, default=1)
     parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--channels", type=int, default=64)

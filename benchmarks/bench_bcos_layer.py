@@ -51,6 +51,27 @@ GOAL_SPEEDUP_OVER_BCOS = 1.3
 FUSED_SUPPORTS = fused.supports  # restored after every case (``Eager`` switches it off for a backward)
 
 
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1 (a benchmark with no rounds has no median)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def transposing_kernels_missing() -> bool:
+    """Print the benchmarks' JSON error line and return True when the transposing kernels are not built."""
+    from linearlens.layers import _bcos_transposed
+
+    if _bcos_transposed.available():
+        return False
+    print(json.dumps({"error": "transposing kernels unavailable (they need AVX-512 and a C compiler)"}))
+    return True
+
+
 def keep_freed_memory() -> bool:
     """Ask glibc malloc to keep freed memory instead of returning it to the OS (``mallopt``).
 

@@ -26,10 +26,9 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_bcos_layer import keep_freed_memory  # noqa: E402  (same folder, run as a script)
+from bench_bcos_layer import keep_freed_memory, positive_int, transposing_kernels_missing  # noqa: E402
 from linearlens.layers import BcosConv2d  # noqa: E402
 from linearlens.layers import _bcos_fused as fused  # noqa: E402
-from linearlens.layers import _bcos_transposed as transposed  # noqa: E402
 
 STREAMING = "if (m == (__mmask16)0xFFFF && aligned64(dst)) _mm512_stream_ps(dst, v);\n    else "
 
@@ -56,10 +55,9 @@ def ordinary_store_build(folder: str) -> ctypes.CDLL:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--repeats", type=positive_int, default=30)
     args = parser.parse_args()
-    if not transposed.available():
-        print(json.dumps({"error": "transposing kernels unavailable (they need AVX-512 and a C compiler)"}))
+    if transposing_kernels_missing():
         return 1
     torch.set_num_threads(1)
     kept = keep_freed_memory()

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_bcos_layer import keep_freed_memory  # noqa: E402  (same folder, run as a script)
+from bench_bcos_layer import keep_freed_memory, positive_int, transposing_kernels_missing  # noqa: E402
 from linearlens.layers import BcosConv2d  # noqa: E402
 from linearlens.layers import _bcos_transposed as transposed  # noqa: E402
 from linearlens.models import create_model  # noqa: E402
@@ -81,13 +81,12 @@ def network_rows(repeats: int) -> list[dict]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--repeats", type=positive_int, default=10)
     parser.add_argument("--inference", action="store_true")
     parser.add_argument("--max-out", type=int, default=1, choices=(1, 2), help="MaxOut units per channel")
     parser.add_argument("--network", action="store_true", help="the CIFAR network's training step instead")
     args = parser.parse_args()
-    if not transposed.available():
-        print(json.dumps({"error": "transposing kernels unavailable (they need AVX-512 and a C compiler)"}))
+    if transposing_kernels_missing():
         return 1
     torch.set_num_threads(1)
     kept = keep_freed_memory()
